@@ -1,0 +1,94 @@
+"""Organisations, their people (dispatchers and technicians), API tokens and devices."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+from common.errors import DomainError
+
+
+class Organization(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Role(models.TextChoices):
+    DISPATCHER = "dispatcher", "Dispatcher"
+    TECHNICIAN = "technician", "Technician"
+
+
+class User(AbstractUser):
+    # Null only for superusers that belong to no organisation (platform operators).
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="users"
+    )
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.TECHNICIAN)
+
+    @property
+    def is_dispatcher(self) -> bool:
+        return self.role == Role.DISPATCHER
+
+    @property
+    def org_id(self) -> int:
+        """The organisation of a field user (API users always have one)."""
+        if self.organization_id is None:
+            raise DomainError("no_organization", "this account belongs to no organisation", 403)
+        return self.organization_id
+
+
+class ApiToken(models.Model):
+    """A bearer token. Only its sha256 is stored; the key is shown once, when issued."""
+
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=8, help_text="First characters, to recognise a token.")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user.username})"
+
+
+class DeviceKind(models.TextChoices):
+    CLIENT = "client", "Client install"
+    # Edits made in the dispatchers' admin are ops of a per-dispatcher admin device, so they
+    # go through exactly the same path as a phone's.
+    ADMIN = "admin", "Admin workspace"
+
+
+class Device(models.Model):
+    """A client install, named by a UUID the client makes. Owned by the first user who syncs.
+
+    ``done_seq`` is the apply watermark: every op of this device with seq <= done_seq is
+    finished (applied, conflict or rejected), or was skipped as a gap (see ``skipped_seqs``).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="devices")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=10, choices=DeviceKind.choices, default=DeviceKind.CLIENT)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_push_at = models.DateTimeField(null=True, blank=True)
+    last_pull_at = models.DateTimeField(null=True, blank=True)
+    done_seq = models.BigIntegerField(default=0)
+    # Set while the apply loop waits for a missing seq; cleared when it moves on.
+    gap_since = models.DateTimeField(null=True, blank=True)
+    gap_seq = models.BigIntegerField(null=True, blank=True)
+    skipped_seqs = models.JSONField(default=list, blank=True)
+    # Ops with seq <= this were compacted away; an unknown op at or below it is refused.
+    compacted_seq = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["user"], name="device_user_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.user.username})"

@@ -1,0 +1,84 @@
+"""Services for organisations, people, tokens and devices."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth import authenticate
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.authentication import hash_key, new_key
+from accounts.models import ApiToken, Device, DeviceKind, Organization, Role, User
+from common.errors import DomainError
+from common.logging import log_event
+
+
+def field_user_create(org_name: str, role: str, username: str, password: str) -> User:
+    """Create the organisation if needed and the user; running it again changes nothing."""
+    if role not in Role.values:
+        raise DomainError("invalid_role", f"role must be one of {', '.join(Role.values)}")
+    with transaction.atomic():
+        org, _ = Organization.objects.get_or_create(name=org_name)
+        user = User.objects.filter(username=username).first()
+        if user is not None:
+            if user.organization_id != org.pk:
+                raise DomainError("username_taken", f"{username} belongs to another organisation")
+            return user
+        user = User.objects.create_user(
+            username=username, password=password, organization=org, role=role
+        )
+        # Dispatchers work in the admin; technicians never log into it.
+        user.is_staff = role == Role.DISPATCHER
+        user.save(update_fields=["is_staff"])
+    log_event("user.created", username=username, org=org_name, role=role)
+    return user
+
+
+def token_issue_for_credentials(username: str, password: str) -> str:
+    user = authenticate(username=username, password=password)
+    if not isinstance(user, User) or not user.is_active or user.organization_id is None:
+        raise DomainError("invalid_credentials", "Wrong username or password.", status=401)
+    return token_issue(user)
+
+
+def token_issue(user: User) -> str:
+    """Issue a new token (one per client install); the plain key is returned only here."""
+    key = new_key()
+    ApiToken.objects.create(user=user, key_hash=hash_key(key), prefix=key[:8])
+    log_event("token.issued", username=user.username)
+    return key
+
+
+def token_revoke(token_id: int) -> None:
+    ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    log_event("token.revoked", token_id=token_id)
+
+
+def device_claim(user: User, device_id: uuid.UUID) -> Device:
+    """Return the user's device, creating it on first sync; another user's → 403."""
+    device = Device.objects.filter(pk=device_id).first()
+    if device is None:
+        try:
+            with transaction.atomic():
+                device = Device.objects.create(id=device_id, user=user, organization_id=user.org_id)
+            log_event("device.registered", device_id=str(device_id), username=user.username)
+        except IntegrityError:
+            device = Device.objects.get(pk=device_id)
+    if device.user_id != user.pk:
+        raise DomainError(
+            "device_owned_by_other_user", "This device_id belongs to another user.", status=403
+        )
+    if not device.is_active:
+        raise DomainError("device_deactivated", "This device has been deactivated.", status=403)
+    return device
+
+
+def admin_device_for(user: User) -> Device:
+    """The device that stands for a dispatcher's admin workspace (one per dispatcher)."""
+    device, _ = Device.objects.get_or_create(
+        user=user,
+        kind=DeviceKind.ADMIN,
+        defaults={"organization_id": user.org_id},
+    )
+    return device

@@ -1,0 +1,285 @@
+"""The one way to change a synced record: every write, whoever makes it (a device's op, a
+conflict resolution, the upload flow, the admin), goes through a ``ChangeSet`` and leaves
+the same trail: the new record state, an ``Event`` with old → new values, and a feed entry.
+
+A ``ChangeSet`` lives inside one transaction. Record rows are locked in a global order
+(entity registry order, then id) so concurrent writers never deadlock, and the feed
+positions are taken last, under the organisation's feed lock, right before commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+from django.db.models import Model
+
+from accounts.models import User
+from operations.models import Event, EventKind, FeedEntry, FeedKind, Operation
+from workorders.fields import Json
+from workorders.models import SyncedRecord, WorkOrder
+from workorders.registry import ENTITIES, WORK_ORDER, EntitySpec
+
+# Advisory lock class for the feed (the second key is the organisation id).
+FEED_LOCK_CLASS = 0x46454544
+
+
+@dataclass(frozen=True)
+class Author:
+    """Who makes a change: a device's op, or a person acting outside any op."""
+
+    actor_id: int | None
+    device_id: uuid.UUID | None = None
+    op_id: uuid.UUID | None = None
+    seq: int | None = None
+    received_at: datetime | None = None
+
+    @classmethod
+    def for_op(cls, op: Operation) -> Author:
+        return cls(op.user_id, op.device_id, op.op_id, op.seq, op.received_at)
+
+    def meta(self, version: int) -> dict[str, Any]:
+        return {
+            "v": version,
+            "d": None if self.device_id is None else str(self.device_id),
+            "s": self.seq,
+            "op": None if self.op_id is None else str(self.op_id),
+        }
+
+
+class _Users:
+    """Resolves usernames within one organisation, cached for the change set's lifetime."""
+
+    def __init__(self, organization_id: int) -> None:
+        self.organization_id = organization_id
+        self._cache: dict[str, User | None] = {}
+
+    def user_for_username(self, username: str) -> Model | None:
+        if username not in self._cache:
+            self._cache[username] = User.objects.filter(
+                organization_id=self.organization_id, username=username, is_active=True
+            ).first()
+        return self._cache[username]
+
+
+@dataclass
+class _FeedRow:
+    entity: str
+    entity_id: uuid.UUID
+    work_order_id: uuid.UUID
+    op_id: uuid.UUID | None
+    reassigned_from: int | None = None
+
+
+@dataclass
+class ChangeSet:
+    organization_id: int
+    events: list[Event] = field(default_factory=list)
+    _feed: dict[tuple[str, uuid.UUID], _FeedRow] = field(default_factory=dict)
+    _outcomes: list[Operation] = field(default_factory=list)
+    _reassigned: dict[uuid.UUID, int | None] = field(default_factory=dict)
+    users: _Users = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.users = _Users(self.organization_id)
+
+    # --- reading ----------------------------------------------------------------------
+    def lock(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], Any]:
+        """Lock and load existing records (any organisation; callers check scope)."""
+        by_entity: dict[str, set[uuid.UUID]] = {}
+        for entity, entity_id in keys:
+            by_entity.setdefault(entity, set()).add(entity_id)
+        found: dict[tuple[str, uuid.UUID], Any] = {}
+        for name, spec in ENTITIES.items():  # registry order is the global lock order
+            ids = by_entity.get(name)
+            if not ids:
+                continue
+            rows = (
+                spec.model.objects.select_for_update(no_key=True, of=("self",))
+                .select_related(*spec.select_related)
+                .filter(pk__in=sorted(ids))
+                .order_by("pk")
+            )
+            found.update(((name, obj.pk), obj) for obj in rows)
+        return found
+
+    # --- writing ----------------------------------------------------------------------
+    def create(
+        self, spec: EntitySpec, entity_id: uuid.UUID, values: dict[str, Json], author: Author
+    ) -> SyncedRecord:
+        obj = spec.model(id=entity_id, organization_id=self.organization_id, version=1)
+        for name, value in values.items():
+            field_spec = spec.fields[name]
+            field_spec.kind.store(obj, field_spec.attr(name), value, self.users)
+        obj.field_meta = {name: author.meta(1) for name in values}
+        obj.save(force_insert=True)
+        self._record_event(
+            spec, obj, EventKind.CREATE, {k: [None, v] for k, v in values.items()}, author
+        )
+        return obj
+
+    def update(
+        self,
+        spec: EntitySpec,
+        obj: SyncedRecord,
+        changes: dict[str, Json],
+        author: Author,
+        kind: EventKind = EventKind.UPDATE,
+        undelete: bool = False,
+    ) -> Event:
+        """Apply changed values (callers pass only values that differ) and bump the version."""
+        before = spec.values(obj)
+        if spec is WORK_ORDER and "assigned_to" in changes:
+            self._note_reassignment(obj)
+        obj.version += 1
+        for name, value in changes.items():
+            field_spec = spec.fields[name]
+            field_spec.kind.store(obj, field_spec.attr(name), value, self.users)
+            obj.field_meta[name] = author.meta(obj.version)
+        diff: dict[str, list[Json]] = {k: [before[k], v] for k, v in changes.items()}
+        if undelete:
+            obj.deleted = False
+            diff["__deleted__"] = [True, False]
+        obj.save()
+        return self._record_event(spec, obj, kind, diff, author)
+
+    def delete(self, spec: EntitySpec, obj: SyncedRecord, author: Author) -> Event:
+        obj.version += 1
+        obj.deleted = True
+        obj.save(update_fields=["version", "deleted", "updated_at"])
+        return self._record_event(
+            spec, obj, EventKind.DELETE, {"__deleted__": [False, True]}, author
+        )
+
+    def note(self, spec: EntitySpec, obj: SyncedRecord, author: Author, kind: EventKind) -> Event:
+        """Record an event that changes no value (the record keeps its version)."""
+        event = self._new_event(spec, obj, kind, {}, author, bumped=False)
+        self.events.append(event)
+        self._touch(spec, obj, author.op_id)
+        return event
+
+    def outcome(self, op: Operation) -> None:
+        """Queue an op's outcome for its device's pull feed."""
+        self._outcomes.append(op)
+
+    # --- commit -----------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the events and the feed entries. Call last in the transaction."""
+        if self.events:
+            Event.objects.bulk_create(self.events)
+        rows = self._feed_rows()
+        if not rows:
+            return
+        with connection.cursor() as cursor:
+            # Held until commit: feed positions become visible in the order they were taken.
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [FEED_LOCK_CLASS, self.organization_id]
+            )
+        FeedEntry.objects.bulk_create(rows)
+
+    # --- internals --------------------------------------------------------------------
+    def _record_event(
+        self,
+        spec: EntitySpec,
+        obj: SyncedRecord,
+        kind: EventKind,
+        changes: dict[str, list[Json]],
+        author: Author,
+    ) -> Event:
+        event = self._new_event(spec, obj, kind, changes, author, bumped=True)
+        self.events.append(event)
+        self._touch(spec, obj, author.op_id)
+        return event
+
+    def _new_event(
+        self,
+        spec: EntitySpec,
+        obj: SyncedRecord,
+        kind: EventKind,
+        changes: dict[str, list[Json]],
+        author: Author,
+        bumped: bool,
+    ) -> Event:
+        return Event(
+            organization_id=self.organization_id,
+            entity=spec.name,
+            entity_id=obj.pk,
+            version=obj.version,
+            bumped=bumped,
+            kind=kind,
+            op_id=author.op_id if bumped else None,
+            device_id=author.device_id,
+            seq=author.seq,
+            actor_id=author.actor_id,
+            changes=changes,
+            received_at=author.received_at,
+        )
+
+    def _touch(self, spec: EntitySpec, obj: SyncedRecord, op_id: uuid.UUID | None) -> None:
+        self._feed[(spec.name, obj.pk)] = _FeedRow(
+            spec.name, obj.pk, uuid.UUID(spec.work_order_id(obj)), op_id
+        )
+
+    def _note_reassignment(self, work_order: SyncedRecord) -> None:
+        assert isinstance(work_order, WorkOrder)
+        # Remember the first assignee seen in this change set: the one who loses scope.
+        self._reassigned.setdefault(work_order.pk, work_order.assigned_to_id)
+
+    def _feed_rows(self) -> list[FeedEntry]:
+        self._fan_out_reassignments()
+        assignees = self._assignees({row.work_order_id for row in self._feed.values()})
+        rows = [
+            FeedEntry(
+                organization_id=self.organization_id,
+                kind=FeedKind.RECORD,
+                entity=row.entity,
+                entity_id=row.entity_id,
+                assignee_id=assignees.get(row.work_order_id),
+                prev_assignee_id=self._lost_scope(row.work_order_id, assignees),
+                op_id=row.op_id,
+            )
+            for row in self._feed.values()
+        ]
+        rows.extend(
+            FeedEntry(
+                organization_id=self.organization_id,
+                kind=FeedKind.OUTCOME,
+                device_id=op.device_id,
+                op_id=op.op_id,
+            )
+            for op in self._outcomes
+        )
+        return rows
+
+    def _lost_scope(
+        self, work_order_id: uuid.UUID, assignees: dict[uuid.UUID, int | None]
+    ) -> int | None:
+        if work_order_id not in self._reassigned:
+            return None
+        before = self._reassigned[work_order_id]
+        return before if before != assignees.get(work_order_id) else None
+
+    def _fan_out_reassignments(self) -> None:
+        """A reassigned work order's children change scope with it: give each a feed row."""
+        if not self._reassigned:
+            return
+        wo_ids = list(self._reassigned)
+        for spec in ENTITIES.values():
+            if spec.parent_field is None:
+                continue
+            attr = spec.fields[spec.parent_field].attr(spec.parent_field)
+            for child_id, wo_id in spec.model.objects.filter(**{f"{attr}__in": wo_ids}).values_list(
+                "pk", attr
+            ):
+                self._feed.setdefault(
+                    (spec.name, child_id), _FeedRow(spec.name, child_id, wo_id, None)
+                )
+
+    def _assignees(self, work_order_ids: set[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+        return dict(
+            WorkOrder.objects.filter(pk__in=work_order_ids).values_list("pk", "assigned_to_id")
+        )

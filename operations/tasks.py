@@ -1,0 +1,31 @@
+"""Thin tasks: take ids, call one service, safe to run twice."""
+
+from __future__ import annotations
+
+import uuid
+
+from celery import shared_task
+from django.db import OperationalError
+
+from operations.services import device_apply_pending, history_compact, ops_sweep
+
+
+@shared_task(
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def apply_device_ops_task(device_id: str) -> int:
+    return device_apply_pending(uuid.UUID(device_id))
+
+
+@shared_task(acks_late=True)
+def sweep_pending_ops_task() -> int:
+    return len(ops_sweep())
+
+
+@shared_task(acks_late=True)
+def compact_history_task() -> int:
+    return history_compact()
