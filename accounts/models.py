@@ -7,7 +7,7 @@ import uuid
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
-from common.errors import DomainError
+from common.exceptions import DomainError
 
 
 class Organization(models.Model):

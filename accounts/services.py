@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from accounts.authentication import hash_key, new_key
 from accounts.models import ApiToken, Device, DeviceKind, Organization, Role, User
-from common.errors import DomainError
+from common.exceptions import DomainError
 from common.logging import log_event
 
 

@@ -1,7 +1,5 @@
-"""One exception type for every client-facing rejection, mapped to HTTP in one place.
-
-Every error body is ``{"code": "<snake_case>", "detail": "<human text>"}`` (contract).
-"""
+"""The one place where errors become HTTP responses: ``DomainError`` and DRF's own errors
+all answer ``{"code": "<snake_case>", "detail": "<human text>"}`` (contract)."""
 
 from __future__ import annotations
 
@@ -12,16 +10,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-
-class DomainError(Exception):
-    """A refusal a client can cause; ``status`` is the HTTP status when it ends a request."""
-
-    def __init__(self, code: str, detail: str, status: int = 400) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-        self.status = status
-
+from common.exceptions import DomainError
 
 _DRF_CODES: dict[type[Exception], str] = {
     drf_exceptions.NotAuthenticated: "not_authenticated",

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from common.errors import DomainError
+from common.exceptions import DomainError
 from common.logging import log_event
 from conflicts.models import DELETED_FIELD, Conflict, ConflictStatus, Resolution
 from conflicts.selectors import conflicts_visible_to

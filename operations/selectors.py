@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import Count, Min, Q
 
 from accounts.models import Device, User
-from common.errors import DomainError
+from common.exceptions import DomainError
 from operations.models import FeedEntry, FeedKind, Operation, OpStatus, RetentionMark
 from workorders.fields import Json
 from workorders.registry import ENTITIES

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from common.errors import DomainError
+from common.exceptions import DomainError
 from conflicts.models import ConflictStatus, Resolution
 from conflicts.selectors import conflict_as_dict, conflicts_visible_to
 from conflicts.services import conflict_resolve

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.services import device_claim
-from common.errors import DomainError
+from common.exceptions import DomainError
 from operations.selectors import changes_since, op_get_for_user, op_outcome
 from operations.services import _touch_device, op_batch_accept
 

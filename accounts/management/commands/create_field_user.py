@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Role
 from accounts.services import field_user_create
-from common.errors import DomainError
+from common.exceptions import DomainError
 
 
 class Command(BaseCommand):
