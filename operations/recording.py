@@ -51,7 +51,7 @@ class Author:
         }
 
 
-class _Users:
+class UserDirectory:
     """Resolves usernames within one organisation, cached for the change set's lifetime."""
 
     def __init__(self, organization_id: int) -> None:
@@ -82,10 +82,10 @@ class ChangeSet:
     _feed: dict[tuple[str, uuid.UUID], _FeedRow] = field(default_factory=dict)
     _outcomes: list[Operation] = field(default_factory=list)
     _reassigned: dict[uuid.UUID, int | None] = field(default_factory=dict)
-    users: _Users = field(init=False)
+    users: UserDirectory = field(init=False)
 
     def __post_init__(self) -> None:
-        self.users = _Users(self.organization_id)
+        self.users = UserDirectory(self.organization_id)
 
     # --- reading ----------------------------------------------------------------------
     def lock(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], Any]:

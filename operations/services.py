@@ -15,7 +15,8 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from accounts.models import Device, User
-from accounts.services import device_claim
+from accounts.services import admin_device_for, device_claim
+from common.exceptions import DomainError
 from common.logging import log_event, log_warning
 from conflicts.models import DELETED_FIELD, Conflict
 from operations.merge import merge_fields
@@ -678,3 +679,39 @@ def _max_seq_per_device(ops: Any) -> list[tuple[uuid.UUID, int]]:
         (row["device_id"], row["top"])
         for row in ops.exclude(seq__isnull=True).values("device_id").annotate(top=Max("seq"))
     ]
+
+
+# ============================================================================================
+# Ops made on the server side (admin workspace, demo data)
+# ============================================================================================
+def op_submit_local(
+    user: User,
+    entity: str,
+    entity_id: uuid.UUID,
+    action: str,
+    base_version: int,
+    fields: dict[str, Json],
+) -> Operation:
+    """Make an op as the user's admin device and apply it now: exactly a phone's path, so a
+    dispatcher's edit in the admin is an event with the same rules and the same trail."""
+    device = admin_device_for(user)
+    op_id = uuid.uuid4()
+    with transaction.atomic():
+        # Serialises seq numbering for this admin device (two browser tabs).
+        Device.objects.select_for_update().filter(pk=device.pk).first()
+        top = Operation.objects.filter(device_id=device.pk).aggregate(m=Max("seq"))["m"] or 0
+        raw = {
+            "op_id": str(op_id),
+            "seq": top + 1,
+            "entity": entity,
+            "entity_id": str(entity_id),
+            "action": action,
+            "base_version": base_version,
+            "fields": fields,
+            "client_time": timezone.now().isoformat(),
+        }
+        result = op_batch_accept(user, device.pk, [raw])[0]
+    if result.status == "rejected":
+        raise DomainError(result.code, result.detail)
+    device_apply_pending(device.pk)
+    return Operation.objects.get(pk=op_id)
