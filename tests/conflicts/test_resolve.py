@@ -93,6 +93,7 @@ def test_deleted_record_conflict_restores_the_edit_on_client_choice(
     )
     apply_now()
     dispatcher.push(dispatcher.op("work_order", wo, "delete", 1))
+    apply_now()
     tech.push(tech.op("work_order", wo, "update", 1, technician_notes="I was on site"))
     apply_now()
     [conflict] = dispatcher.client.get("/api/v1/conflicts").json()["results"]
