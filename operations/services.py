@@ -60,6 +60,11 @@ def op_batch_accept(user: User, device_id: uuid.UUID, raw_ops: Sequence[Json]) -
     device = device_claim(user, device_id)
     checked = [check_op(raw, device.id, user) for raw in raw_ops]
     _screen_against_records(checked, user)
+    for op in checked:
+        if op.rejection is None and op.seq is not None and op.seq <= device.compacted_seq:
+            # Ops up to this seq were compacted: an unknown one may be a replay of an op that
+            # was applied long ago, so it is refused rather than risk applying it twice.
+            op.rejection = OpRejection("op_expired", "this op is older than the retention horizon")
     now = timezone.now()
     # The first op carrying an op_id owns its row; later copies in the batch are retries.
     owners: dict[uuid.UUID, CheckedOp] = {}

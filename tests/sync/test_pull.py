@@ -12,7 +12,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
-from operations.models import FeedEntry
+from operations.models import FeedEntry, Operation
 from operations.recording import Author, ChangeSet
 from operations.services import history_compact
 from tests.fixtures import Phone, apply_now
@@ -205,6 +205,7 @@ def test_cursor_older_than_the_retention_horizon_is_410(dispatcher: Phone) -> No
     dispatcher.push(dispatcher.op("work_order", wo, "update", 1, title="newer"))
     apply_now()
     FeedEntry.objects.update(created_at=timezone.now() - timedelta(days=91))
+    Operation.objects.update(finished_at=timezone.now() - timedelta(days=91))
     assert history_compact() > 0
     response = dispatcher.client.get(
         "/api/v1/sync/pull", {"device_id": dispatcher.device_id, "cursor": old_cursor}
@@ -214,6 +215,9 @@ def test_cursor_older_than_the_retention_horizon_is_410(dispatcher: Phone) -> No
     dispatcher.cursor = None  # resync from scratch still gives the whole current state
     [change] = dispatcher.pull()["changes"]
     assert (change["entity_id"], change["version"]) == (wo, 2)
+    # An op at or below the compacted seq cannot be told from a replay: it is refused.
+    replay = {**dispatcher.op("work_order", wo, "update", 2, title="replayed"), "seq": 1}
+    assert dispatcher.push(replay)[0]["code"] == "op_expired"
 
 
 @pytest.mark.parametrize(
