@@ -51,6 +51,10 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The client install this token was first used with; deactivating it revokes the token.
+    device = models.ForeignKey(
+        "Device", null=True, blank=True, on_delete=models.SET_NULL, related_name="tokens"
+    )
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user.username})"

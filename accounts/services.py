@@ -55,8 +55,11 @@ def token_revoke(token_id: int) -> None:
     log_event("token.revoked", token_id=token_id)
 
 
-def device_claim(user: User, device_id: uuid.UUID) -> Device:
-    """Return the user's device, creating it on first sync; another user's → 403."""
+def device_claim(user: User, device_id: uuid.UUID, token: object = None) -> Device:
+    """Return the user's device, creating it on first sync; another user's → 403.
+
+    A token is bound to the first device it syncs with, so deactivating a lost device
+    revokes exactly the tokens that device holds."""
     device = Device.objects.filter(pk=device_id).first()
     if device is None:
         try:
@@ -71,7 +74,21 @@ def device_claim(user: User, device_id: uuid.UUID) -> Device:
         )
     if not device.is_active:
         raise DomainError("device_deactivated", "This device has been deactivated.", status=403)
+    if isinstance(token, ApiToken) and token.device_id is None:
+        ApiToken.objects.filter(pk=token.pk, device__isnull=True).update(device=device)
+        token.device_id = device.pk
     return device
+
+
+def device_deactivate(device_id: uuid.UUID) -> int:
+    """A lost phone: its tokens stop working at once; its ops stay in the log, visible."""
+    with transaction.atomic():
+        Device.objects.filter(pk=device_id).update(is_active=False)
+        revoked = ApiToken.objects.filter(device_id=device_id, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+    log_event("device.deactivated", device_id=str(device_id), tokens_revoked=revoked)
+    return revoked
 
 
 def admin_device_for(user: User) -> Device:

@@ -55,9 +55,11 @@ class PushResult:
         return out
 
 
-def op_batch_accept(user: User, device_id: uuid.UUID, raw_ops: Sequence[Json]) -> list[PushResult]:
+def op_batch_accept(
+    user: User, device_id: uuid.UUID, raw_ops: Sequence[Json], token: object = None
+) -> list[PushResult]:
     """Store a pushed batch durably (one short transaction) and answer per op."""
-    device = device_claim(user, device_id)
+    device = device_claim(user, device_id, token)
     checked = [check_op(raw, device.id, user) for raw in raw_ops]
     _screen_against_records(checked, user)
     for op in checked:

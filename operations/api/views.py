@@ -105,7 +105,7 @@ class PushView(APIView):
         if len(ops) > settings.SYNC_MAX_OPS_PER_PUSH:
             raise _batch_too_large(f"at most {settings.SYNC_MAX_OPS_PER_PUSH} ops per push")
         assert isinstance(request.user, User)
-        results = op_batch_accept(request.user, device_id, ops)
+        results = op_batch_accept(request.user, device_id, ops, request.auth)
         return Response({"results": [r.as_dict() for r in results]})
 
 
@@ -133,7 +133,9 @@ class PullView(APIView):
     )
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
-        device = device_claim(request.user, _device_id(request.query_params.get("device_id")))
+        device = device_claim(
+            request.user, _device_id(request.query_params.get("device_id")), request.auth
+        )
         limit = _limit(request.query_params.get("limit"))
         page = changes_since(request.user, device, request.query_params.get("cursor"), limit)
         _touch_device(device, "last_pull_at", timezone.now())

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
+from accounts.services import device_deactivate
 from operations.models import Event, Operation, OpStatus
-from tests.fixtures import Phone, apply_now
+from tests.fixtures import Phone, apply_now, client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -254,3 +255,15 @@ def test_op_outcome_of_another_user_is_404(
     assert bob.client.get(f"/api/v1/sync/ops/{op['op_id']}").status_code == 404
     assert dispatcher.client.get(f"/api/v1/sync/ops/{op['op_id']}").status_code == 200
     assert bob.client.get("/api/v1/sync/ops/not-a-uuid").status_code == 404
+
+
+def test_deactivated_device_loses_its_token_and_keeps_its_ops(tech: Phone) -> None:
+    op = tech.op("work_order", str(uuid.uuid4()), "update", 1, technician_notes="x")
+    tech.push(op)
+    device_deactivate(uuid.UUID(tech.device_id))
+    [error] = tech.push(expect=401)
+    assert error["code"] == "authentication_failed"
+    tech.client = client_for(tech.user)  # logging in again does not revive the device
+    [error] = tech.push(expect=403)
+    assert error["code"] == "device_deactivated"
+    assert Operation.objects.filter(pk=op["op_id"]).exists()
