@@ -84,6 +84,7 @@ def op_batch_accept(
             _mark_rejected(row, "seq_reused", f"seq {row.seq} is already used by another op")
         inserted |= _insert_ops(seq_clashes)
         refused = [r for r in rows.values() if r.op_id in inserted and r.rejected_at_push]
+        _note_last_error(device, refused)
         if refused:
             changes = ChangeSet(device.organization_id)
             for row in refused:
@@ -335,13 +336,16 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
             .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=device.done_seq))
             .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
         )
+        watermark = device.done_seq
         runnable = _runnable(device, candidates)
+        progressed = bool(runnable) or device.done_seq > watermark
         device.save(update_fields=["done_seq", "gap_since", "gap_seq", "skipped_seqs"])
         if runnable:
             batch = _Batch(device, device.user, runnable, ChangeSet(device.organization_id))
             _load_records(batch)
             for op in runnable:
                 _apply_guarded(batch, op, careful)
+            _note_last_error(device, runnable)
             Conflict.objects.bulk_create(batch.conflicts)
             Operation.objects.bulk_update(
                 runnable,
@@ -365,7 +369,16 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
             overridden_fields=op.overridden_fields,
             conflict_ids=op.conflict_ids,
         )
-    return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and bool(logs)
+    return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
+
+
+def _note_last_error(device: Device, ops: Sequence[Operation]) -> None:
+    """Keep the latest refusal on the device, for support (sync health in the admin)."""
+    refused = [op for op in ops if op.status == OpStatus.REJECTED]
+    if refused:
+        last = refused[-1]
+        error = f"{last.code}: {last.detail} (op {last.op_id}, seq {last.seq})"[:1000]
+        Device.objects.filter(pk=device.pk).update(last_error=error)
 
 
 def _runnable(device: Device, candidates: list[Operation]) -> list[Operation]:

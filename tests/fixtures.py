@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from django.core.management.base import CommandError
+from django.db import connection
+from django.test import TransactionTestCase
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -138,3 +141,42 @@ def settled(timeout: float = 20.0) -> None:
 @pytest.fixture
 def worker(celery_worker: Any) -> Iterator[Any]:
     yield celery_worker
+
+
+def _other_sessions_busy() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND state <> 'idle'"
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+@pytest.fixture(autouse=True)
+def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Between tests the database is truncated; the real worker may still be finishing an
+    apply rung by the test. Wait (bounded) until no other session is busy, so TRUNCATE and
+    the worker's row locks don't deadlock."""
+    yield
+    if "django_db_blocker" in request.fixturenames or "transactional_db" in request.fixturenames:
+        wait_until(lambda: not _other_sessions_busy(), timeout=30, message="db never went idle")
+
+
+_flush = TransactionTestCase._fixture_teardown  # type: ignore[attr-defined]
+
+
+def _flush_with_retry(self: TransactionTestCase) -> None:
+    """A ring that reaches the worker during the flush can still deadlock with it: Postgres
+    aborts one side; when it is the flush, run it again."""
+    for attempt in range(3):
+        try:
+            _flush(self)
+            return
+        except CommandError:
+            if attempt == 2:
+                raise
+            wait_until(lambda: not _other_sessions_busy(), timeout=30)
+
+
+TransactionTestCase._fixture_teardown = _flush_with_retry  # type: ignore[attr-defined]

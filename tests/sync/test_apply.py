@@ -219,3 +219,12 @@ def test_an_unknown_assignee_is_rejected(dispatcher: Phone) -> None:
     apply_now()
     assert dispatcher.outcome(op["op_id"])["code"] == "invalid_value"
     assert not WorkOrder.objects.exists()
+
+
+def test_device_health_shows_the_last_refusal(dispatcher: Phone) -> None:
+    ghost = dispatcher.op("work_order", str(uuid.uuid4()), "update", 1, title="who?")
+    dispatcher.push(ghost)
+    apply_now()
+    device = Device.objects.get(pk=dispatcher.device_id)
+    assert device.last_error.startswith("not_found:")
+    assert str(ghost["op_id"]) in device.last_error
