@@ -1,0 +1,25 @@
+# The production image: web (gunicorn), Celery worker and beat all run from it.
+FROM python:3.11-slim
+
+# GUNICORN_CMD_ARGS: worker heartbeat files on tmpfs, as on an overlay filesystem they can
+# stall workers.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=8000 \
+    GUNICORN_CMD_ARGS="--worker-tmp-dir /dev/shm"
+
+WORKDIR /app
+
+# Dependencies first, so a code change doesn't reinstall them.
+COPY requirements.txt ./
+RUN pip install -r requirements.txt
+
+COPY . .
+RUN python manage.py collectstatic --noinput \
+    && useradd --system --no-create-home --home-dir /app --uid 10001 fieldsync
+
+USER fieldsync
+EXPOSE 8000
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "syncserver.wsgi:application"]
