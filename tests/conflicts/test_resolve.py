@@ -22,6 +22,7 @@ def _status_conflict(dispatcher: Phone, tech: Phone) -> tuple[str, dict[str, obj
     apply_now()
     tech.pull()
     dispatcher.push(dispatcher.op("work_order", wo, "update", 1, status="on_hold"))
+    apply_now()  # the office's change lands first; the phone's is then the concurrent one
     tech.push(tech.op("work_order", wo, "update", 1, status="completed"))
     apply_now()
     [conflict] = dispatcher.client.get("/api/v1/conflicts", {"status": "open"}).json()["results"]
