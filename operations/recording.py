@@ -17,6 +17,7 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Model
+from django.utils import timezone
 
 from accounts.models import User
 from operations.models import Event, EventKind, FeedEntry, FeedKind, Operation
@@ -78,7 +79,11 @@ class _FeedRow:
 @dataclass
 class ChangeSet:
     organization_id: int
+    # Write each changed record at once instead of once per change set in ``flush``. The
+    # apply loop's op-by-op fallback needs it, to undo one op's in-memory changes exactly.
+    immediate: bool = False
     events: list[Event] = field(default_factory=list)
+    _dirty: dict[tuple[str, uuid.UUID], SyncedRecord] = field(default_factory=dict)
     _feed: dict[tuple[str, uuid.UUID], _FeedRow] = field(default_factory=dict)
     _outcomes: list[Operation] = field(default_factory=list)
     _reassigned: dict[uuid.UUID, int | None] = field(default_factory=dict)
@@ -168,7 +173,11 @@ class ChangeSet:
 
     # --- commit -----------------------------------------------------------------------
     def flush(self) -> None:
-        """Write the events and the feed entries. Call last in the transaction."""
+        """Write the changed records, the events and the feed entries. Call last in the
+        transaction."""
+        for spec, records in self._dirty_by_entity():
+            _update_records(spec, records)
+        self._dirty.clear()
         if self.events:
             Event.objects.bulk_create(self.events)
         rows = self._feed_rows()
@@ -182,6 +191,18 @@ class ChangeSet:
         FeedEntry.objects.bulk_create(rows)
 
     # --- internals --------------------------------------------------------------------
+    def _write(self, spec: EntitySpec, obj: SyncedRecord) -> None:
+        if self.immediate:
+            obj.save()
+        else:
+            self._dirty[(spec.name, obj.pk)] = obj
+
+    def _dirty_by_entity(self) -> list[tuple[EntitySpec, list[SyncedRecord]]]:
+        grouped: dict[str, list[SyncedRecord]] = {}
+        for (entity, _), obj in self._dirty.items():
+            grouped.setdefault(entity, []).append(obj)
+        return [(ENTITIES[name], objs) for name, objs in grouped.items()]
+
     def _record_event(
         self,
         spec: EntitySpec,
@@ -283,3 +304,30 @@ class ChangeSet:
         return dict(
             WorkOrder.objects.filter(pk__in=work_order_ids).values_list("pk", "assigned_to_id")
         )
+
+
+def _update_records(spec: EntitySpec, records: list[SyncedRecord]) -> None:
+    """One ``UPDATE … FROM (VALUES …)`` for a model's changed records: a round trip per
+    model and batch, not per op."""
+    model = spec.model
+    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    names = [s.attr(n) for n, s in spec.fields.items()] + ["version", "deleted", "field_meta"]
+    columns = [model._meta.pk, *(by_attname[n] for n in names), by_attname["updated_at"]]
+    now = timezone.now()
+    row = "(" + ", ".join(f"%s::{c.db_type(connection)}" for c in columns) + ")"
+    params: list[Any] = []
+    for obj in records:
+        obj.updated_at = now
+        params += [c.get_db_prep_value(getattr(obj, c.attname), connection) for c in columns]
+    quoted = [connection.ops.quote_name(str(c.column)) for c in columns]
+    pk = quoted[0]
+    assignments = ", ".join(f"{name} = v.{name}" for name in quoted[1:])
+    aliases = ", ".join(quoted)
+    # Table and column names come from the models; every value travels as a parameter.
+    sql = (
+        f"UPDATE {connection.ops.quote_name(model._meta.db_table)} AS t SET {assignments} "  # noqa: S608
+        f"FROM (VALUES {', '.join([row] * len(records))}) AS v({aliases}) "
+        f"WHERE t.{pk} = v.{pk}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)

@@ -341,17 +341,14 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
         progressed = bool(runnable) or device.done_seq > watermark
         device.save(update_fields=["done_seq", "gap_since", "gap_seq", "skipped_seqs"])
         if runnable:
-            batch = _Batch(device, device.user, runnable, ChangeSet(device.organization_id))
+            changes = ChangeSet(device.organization_id, immediate=careful)
+            batch = _Batch(device, device.user, runnable, changes)
             _load_records(batch)
             for op in runnable:
                 _apply_guarded(batch, op, careful)
             _note_last_error(device, runnable)
             Conflict.objects.bulk_create(batch.conflicts)
-            Operation.objects.bulk_update(
-                runnable,
-                ["status", "code", "detail", "version", "overridden_fields", "conflict_ids",
-                 "finished_at"],
-            )  # fmt: skip
+            _save_outcomes(runnable)
             for op in runnable:
                 batch.changes.outcome(op)
             batch.changes.flush()
@@ -370,6 +367,34 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
             conflict_ids=op.conflict_ids,
         )
     return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
+
+
+def _save_outcomes(ops: list[Operation]) -> None:
+    """One UPDATE for a batch's outcomes (Django's bulk_update builds a CASE per field per
+    row, which was half of the apply loop's time)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE operations_operation AS o
+            SET status = v.status, code = v.code, detail = v.detail, version = v.version,
+                overridden_fields = v.overridden, conflict_ids = v.conflicts,
+                finished_at = v.finished_at
+            FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::text[], %s::bigint[],
+                        %s::jsonb[], %s::jsonb[], %s::timestamptz[])
+                AS v(op_id, status, code, detail, version, overridden, conflicts, finished_at)
+            WHERE o.op_id = v.op_id
+            """,
+            [
+                [op.op_id for op in ops],
+                [op.status for op in ops],
+                [op.code for op in ops],
+                [op.detail for op in ops],
+                [op.version for op in ops],
+                [json.dumps(op.overridden_fields) for op in ops],
+                [json.dumps(op.conflict_ids) for op in ops],
+                [op.finished_at for op in ops],
+            ],
+        )
 
 
 def _note_last_error(device: Device, ops: Sequence[Operation]) -> None:

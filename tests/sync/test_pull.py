@@ -49,8 +49,8 @@ def test_pull_without_cursor_sends_everything_in_scope(
 
 def test_pull_sends_only_the_latest_state_and_then_nothing_new(dispatcher: Phone) -> None:
     wo = _create(dispatcher)
-    for v in range(1, 4):
-        dispatcher.push(dispatcher.op("work_order", wo, "update", v, title=f"v{v + 1}"))
+    for v in range(1, 4):  # own successive ops, all made on top of version 1
+        dispatcher.push(dispatcher.op("work_order", wo, "update", 1, title=f"v{v + 1}"))
     apply_now()
     page = dispatcher.pull()
     assert [(c["version"], c["fields"]["title"]) for c in page["changes"]] == [(4, "v4")]
