@@ -204,33 +204,41 @@ def _mark_rejected(row: Operation, code: str, detail: str) -> None:
     row.finished_at = row.received_at
 
 
+# Column name and array type, in insert order.
 _INSERT_COLUMNS = (
-    "op_id", "device_id", "organization_id", "user_id", "seq", "entity", "entity_id", "action",
-    "base_version", "fields", "client_time", "content_hash", "received_at", "status",
-    "rejected_at_push", "code", "detail", "overridden_fields", "conflict_ids", "finished_at",
+    ("op_id", "uuid"), ("device_id", "uuid"), ("organization_id", "bigint"),
+    ("user_id", "bigint"), ("seq", "bigint"), ("entity", "varchar"), ("entity_id", "uuid"),
+    ("action", "varchar"), ("base_version", "bigint"), ("fields", "jsonb"),
+    ("client_time", "timestamptz"), ("content_hash", "varchar"), ("received_at", "timestamptz"),
+    ("status", "varchar"), ("rejected_at_push", "boolean"), ("code", "varchar"),
+    ("detail", "text"), ("overridden_fields", "jsonb"), ("conflict_ids", "jsonb"),
+    ("finished_at", "timestamptz"),
 )  # fmt: skip
+_INSERT_SQL = (
+    f"INSERT INTO operations_operation ({', '.join(c for c, _ in _INSERT_COLUMNS)}) "  # noqa: S608
+    f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for _, t in _INSERT_COLUMNS)}) "
+    "ON CONFLICT DO NOTHING RETURNING op_id"
+)
 
 
 def _insert_ops(rows: list[Operation]) -> set[uuid.UUID]:
     """INSERT … ON CONFLICT DO NOTHING; returns the op ids actually inserted. Idempotency is
-    the primary key on op_id and the unique (device, seq): no check-then-act race."""
+    the primary key on op_id and the unique (device, seq): no check-then-act race. One array
+    per column keeps the statement the same whatever the batch size."""
     if not rows:
         return set()
-    placeholder = "(" + ", ".join(["%s"] * len(_INSERT_COLUMNS)) + ")"
-    params: list[Any] = []
+    columns: list[list[Any]] = [[] for _ in _INSERT_COLUMNS]
     for r in rows:
-        params += [
+        values = (
             r.op_id, r.device_id, r.organization_id, r.user_id, r.seq, r.entity, r.entity_id,
             r.action, r.base_version, json.dumps(r.fields), r.client_time, r.content_hash,
             r.received_at, r.status, r.rejected_at_push, r.code, r.detail, "[]", "[]",
             r.finished_at,
-        ]  # fmt: skip
-    # Only fixed column names and placeholders are interpolated; values travel as parameters.
-    columns = ", ".join(_INSERT_COLUMNS)
-    values = ", ".join([placeholder] * len(rows))
-    sql = f"INSERT INTO operations_operation ({columns}) VALUES {values} ON CONFLICT DO NOTHING RETURNING op_id"  # noqa: S608, E501
+        )  # fmt: skip
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(_INSERT_SQL, columns)
         return {row[0] for row in cursor.fetchall()}
 
 
@@ -262,6 +270,9 @@ def _push_result(
 def _touch_device(device: Device, column: str, now: Any) -> None:
     # Throttled, and the WHERE skips rows a running apply has locked, so pushes don't queue
     # behind the apply loop just to stamp a time.
+    loaded = getattr(device, column)
+    if loaded is not None and (now - loaded).total_seconds() < 5:
+        return
     Device.objects.filter(pk=device.pk).filter(
         Q(**{f"{column}__isnull": True}) | Q(**{f"{column}__lt": now - timedelta(seconds=5)})
     ).update(**{column: now})
