@@ -94,14 +94,13 @@ def op_batch_accept(
         if any(r.op_id in inserted and not r.rejected_at_push for r in rows.values()):
             transaction.on_commit(lambda: ring_device(device.id))
     results = [_push_result(op, owners, rows, inserted, existing) for op in checked]
-    for result in results:
-        log_event(
-            "op.pushed",
-            op_id=str(result.op_id),
-            device_id=str(device.id),
-            status=result.status,
-            code=result.code,
-        )
+    # One structured line per batch that names every op's new state: formatting a line per
+    # op was an eighth of the push's CPU.
+    log_event(
+        "ops.pushed",
+        device_id=str(device.id),
+        ops=[[r.op_id, op.seq, r.status, r.code] for r, op in zip(results, checked, strict=True)],
+    )
     return results
 
 
@@ -364,19 +363,17 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
                 batch.changes.outcome(op)
             batch.changes.flush()
             logs = runnable
-    for op in logs:
+    if logs:
         log_event(
-            f"op.{op.status}",
-            op_id=str(op.op_id),
-            device_id=str(op.device_id),
-            seq=op.seq,
-            entity=op.entity,
-            entity_id=str(op.entity_id),
-            version=op.version,
-            code=op.code,
-            overridden_fields=op.overridden_fields,
-            conflict_ids=op.conflict_ids,
-        )
+            "ops.finished",
+            device_id=str(device_id),
+            done_seq=device.done_seq,
+            ops=[
+                [str(op.op_id), op.seq, op.status, op.entity, str(op.entity_id), op.version,
+                 op.code, op.overridden_fields, op.conflict_ids]
+                for op in logs
+            ],
+        )  # fmt: skip
     return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
 
 

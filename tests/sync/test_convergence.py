@@ -1,12 +1,12 @@
 """Property: whatever order the same ops arrive in — shuffled batches, a device's later ops
-before its earlier ones, retries of whole batches — the records end up the same.
+before its earlier ones, retries of whole batches, applies at random moments — the records
+end up the same.
 
-Each device applies in seq order whatever the arrival order, so the only freedom left is
-how different devices' ops interleave. The generated ops therefore avoid what the contract
-deliberately resolves by arrival (two devices racing on one last_writer_wins or manual
-field), but do include what must converge anyway: dispatchers and technicians racing on a
-dispatcher-owned field (``server_wins``: the dispatcher's value stands either way) and
-appends from every device.
+Each device applies in seq order whatever the arrival order, so what is left to chance is
+how different devices' ops interleave. The contract settles two devices writing the same
+field by arrival on purpose (last_writer_wins, manual, and server_wins between two
+technicians keep whichever the server saw first or last), so each device here writes
+fields of its own; appends (comments) come from every device.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from workorders.registry import WORK_ORDER
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# Which fields each device kind writes. Only ``address`` is shared (server_wins).
+# Which fields each device writes: disjoint, across all three merge rules.
 DEVICE_FIELDS = {
     "office": ("address", "title", "priority"),
-    "phone": ("address", "technician_notes"),
-    "tablet": ("address", "arrived_at"),
+    "phone": ("technician_notes", "status"),
+    "tablet": ("arrived_at", "completed_at"),
 }
 VALUES = {
     "address": st.sampled_from(["1 Main St", "2 Side St", "3 Back Ln"]),
@@ -41,6 +41,8 @@ VALUES = {
     "priority": st.sampled_from(["low", "high", "urgent"]),
     "technician_notes": st.text(max_size=5),
     "arrived_at": st.sampled_from([None, "2026-11-23T09:00:00Z", "2026-11-23T10:30:00Z"]),
+    "completed_at": st.sampled_from([None, "2026-11-23T11:00:00Z"]),
+    "status": st.sampled_from(["en_route", "on_site", "completed"]),
 }
 
 
