@@ -16,7 +16,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "common.admin_apps.FieldsyncAdminConfig",  # django.contrib.admin, as the dispatchers see it
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "workorders",
     "operations",
     "conflicts",
+    "media",
 ]
 
 MIDDLEWARE = [
@@ -121,6 +122,52 @@ S3_BUCKET = env.str("S3_BUCKET", default="fieldsync")
 S3_REGION = env.str("S3_REGION", default="us-east-1")
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="fieldsync")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="fieldsync-secret")
+
+# Where phones fetch attachments, when it differs from S3_ENDPOINT_URL (presigned download
+# URLs are signed for this host).
+S3_PUBLIC_ENDPOINT_URL = env.str("S3_PUBLIC_ENDPOINT_URL", default="")
+
+# --- Uploads (tus) and attachments -----------------------------------------------------------
+_MiB = 1024 * 1024
+# Unfinished uploads idle this long are expired (multipart aborted, bytes deleted).
+UPLOADS_EXPIRY_SECONDS = env.int("UPLOADS_EXPIRY_SECONDS", default=7 * 24 * 3600)
+# Preferred multipart part size; raised per upload so no file needs more than 10,000 parts.
+UPLOADS_PART_SIZE = env.int("UPLOADS_PART_SIZE", default=8 * _MiB)
+UPLOADS_MAX_SIZE = {
+    "photo": env.int("UPLOADS_MAX_SIZE_PHOTO", default=50 * _MiB),
+    "video": env.int("UPLOADS_MAX_SIZE_VIDEO", default=2048 * _MiB),
+    "signature": env.int("UPLOADS_MAX_SIZE_SIGNATURE", default=10 * _MiB),
+    "document": env.int("UPLOADS_MAX_SIZE_DOCUMENT", default=100 * _MiB),
+}
+UPLOADS_CONTENT_TYPES = {
+    "photo": env.list(
+        "UPLOADS_CONTENT_TYPES_PHOTO",
+        default=["image/jpeg", "image/png", "image/heic", "image/heif", "image/webp"],
+    ),
+    "video": env.list(
+        "UPLOADS_CONTENT_TYPES_VIDEO",
+        default=["video/mp4", "video/quicktime", "video/3gpp", "video/webm"],
+    ),
+    "signature": env.list(
+        "UPLOADS_CONTENT_TYPES_SIGNATURE", default=["image/png", "image/jpeg", "image/svg+xml"]
+    ),
+    "document": env.list(
+        "UPLOADS_CONTENT_TYPES_DOCUMENT",
+        default=["application/pdf", "image/jpeg", "image/png", "text/plain"],
+    ),
+}
+# A PATCH finding its upload locked waits this long for the holder before answering 423.
+UPLOADS_LOCK_WAIT_SECONDS = env.float("UPLOADS_LOCK_WAIT_SECONDS", default=5.0)
+# A body that sends nothing for this long is treated as a vanished phone: what arrived is
+# kept and the upload's lock is freed for the phone's next attempt.
+UPLOADS_READ_TIMEOUT_SECONDS = env.float("UPLOADS_READ_TIMEOUT_SECONDS", default=30.0)
+# A verification claimed longer ago than this is assumed dead and is handed out again.
+UPLOADS_VERIFY_LEASE_SECONDS = env.float("UPLOADS_VERIFY_LEASE_SECONDS", default=300.0)
+UPLOADS_DOWNLOAD_URL_SECONDS = env.int("UPLOADS_DOWNLOAD_URL_SECONDS", default=300)
+CELERY_BEAT_SCHEDULE["sweep-uploads"] = {
+    "task": "media.tasks.sweep_uploads_task",
+    "schedule": timedelta(seconds=SWEEP_INTERVAL_SECONDS),
+}
 
 # --- Sync behaviour -------------------------------------------------------------------------
 # An op whose predecessor (seq - 1) is still missing after this long is applied anyway; the

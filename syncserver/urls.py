@@ -8,6 +8,7 @@ api_v1 = [
     path("", include("accounts.api.urls")),
     path("", include("operations.api.urls")),
     path("", include("conflicts.api.urls")),
+    path("", include("media.api.urls")),
 ]
 
 urlpatterns = [

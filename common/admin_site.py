@@ -1,0 +1,125 @@
+"""The dispatchers' workspace: the admin site, who may use it, and what each role may do.
+
+Dispatchers hold no Django model permissions. What they may see and change follows from
+their role and organisation alone, so permissions live here, in one mixin, instead of in
+rows of ``auth_permission`` that would have to be kept in step with the roles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest
+
+from accounts.models import Role, User
+
+
+def dispatcher_of(user: Any) -> User | None:
+    """The user as an active staff dispatcher of an organisation, else None."""
+    if (
+        isinstance(user, User)
+        and user.is_active
+        and user.is_staff
+        and user.role == Role.DISPATCHER
+        and user.organization_id is not None
+    ):
+        return user
+    return None
+
+
+def organization_of(user: Any) -> int | None:
+    """The organisation whose records the user works on in the admin (None: all or none)."""
+    return getattr(user, "organization_id", None)
+
+
+def may_use_admin(user: Any) -> bool:
+    """Staff dispatchers and superusers; technicians never, whatever their flags say."""
+    return bool(user.is_active and (user.is_superuser or dispatcher_of(user) is not None))
+
+
+class FieldsyncAdminAuthenticationForm(AdminAuthenticationForm):
+    """Refuses technicians at the login form, with the usual message, instead of logging
+    them in and bouncing them back."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        if not may_use_admin(user):
+            raise forms.ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            )
+
+
+class FieldsyncAdminSite(admin.AdminSite):
+    site_header = "fieldsync dispatch"
+    site_title = "fieldsync dispatch"
+    index_title = "Dispatcher workspace"
+    login_form = FieldsyncAdminAuthenticationForm
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return may_use_admin(request.user)
+
+
+class DispatcherAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Role-based permissions and organisation scoping for every dispatcher-facing admin.
+
+    A superuser sees every organisation but writes only as a dispatcher of the record's
+    organisation: every write is an op of a dispatcher's admin device, and an op needs one.
+    Subclasses say which writes the workspace offers at all.
+    """
+
+    offers_add = False
+    offers_change = False
+    offers_delete = False
+    # Path from the model to its organisation id, for scoping.
+    organization_path = "organization_id"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        rows = super().get_queryset(request)
+        if request.user.is_superuser:
+            return rows
+        dispatcher = dispatcher_of(request.user)
+        if dispatcher is None:
+            return rows.none()
+        return rows.filter(**{self.organization_path: dispatcher.organization_id})
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return may_use_admin(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return may_use_admin(request.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.offers_add and dispatcher_of(request.user) is not None
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return self.offers_change and self.may_write(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return self.offers_delete and self.may_write(request, obj)
+
+    def may_write(self, request: HttpRequest, obj: Model | None) -> bool:
+        dispatcher = dispatcher_of(request.user)
+        if dispatcher is None:
+            return False
+        return obj is None or self.organization_of(obj) == dispatcher.organization_id
+
+    def organization_of(self, obj: Model) -> int | None:
+        value = obj
+        for part in self.organization_path.split("__"):
+            value = getattr(value, part)
+        return value  # type: ignore[return-value]
+
+
+class ReadOnlyAdmin(DispatcherAdmin):
+    """The logs (ops, events): visible, never edited from the admin."""
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
