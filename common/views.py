@@ -29,7 +29,7 @@ def _check_redis() -> None:
 
 
 def _check_object_store() -> None:
-    s3_client(timeout=3).head_bucket(Bucket=settings.S3_BUCKET)
+    s3_client(connect_timeout=3, read_timeout=3, attempts=1).head_bucket(Bucket=settings.S3_BUCKET)
 
 
 def _check_worker() -> None:

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from django.conf import settings
+
+from common.storage import s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -145,29 +145,6 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _client(endpoint_url: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=settings.S3_REGION,
-        aws_access_key_id=settings.AWS_ACCESS_KEY_ID,
-        aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY,
-        config=Config(
-            s3={"addressing_style": "path"},
-            connect_timeout=5,
-            read_timeout=60,
-            # Every call here is idempotent (a part or segment rewritten with the same bytes).
-            retries={"max_attempts": 3, "mode": "standard"},
-            # One per request thread that may be talking to the store at once.
-            max_pool_connections=64,
-            # SigV4 already hashes each payload over plain http and we sha256 the whole file
-            # ourselves; boto3's extra CRCs would only cost CPU.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
-
-
 class _PerProcess:
     """One client per process: boto3 clients are thread-safe but must not cross a fork."""
 
@@ -179,7 +156,7 @@ class _PerProcess:
         key = (os.getpid(), endpoint_url)
         with self._lock:
             if key not in self._by_pid:
-                self._by_pid = {key: _client(endpoint_url)} | {
+                self._by_pid = {key: s3_client(endpoint_url)} | {
                     k: v for k, v in self._by_pid.items() if k[0] == key[0]
                 }
             return self._by_pid[key]

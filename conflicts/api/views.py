@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import uuid
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
@@ -10,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from common.exceptions import DomainError
+from common.exceptions import DomainError, uuid_or_404
 from conflicts.models import ConflictStatus, Resolution
 from conflicts.selectors import conflict_as_dict, conflicts_visible_to
 from conflicts.services import conflict_resolve
@@ -72,10 +70,7 @@ class ConflictResolveView(APIView):
         assert isinstance(request.user, User)
         data = ResolveSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            parsed = uuid.UUID(conflict_id)
-        except ValueError as exc:
-            raise DomainError("not_found", "no such conflict", status=404) from exc
+        parsed = uuid_or_404(conflict_id, "conflict")
         extra = {"value": data.validated_data["value"]} if "value" in data.validated_data else {}
         conflict, version = conflict_resolve(
             request.user, parsed, data.validated_data["choice"], **extra

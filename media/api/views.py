@@ -31,7 +31,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import ApiTokenAuthentication, touch_token
 from accounts.models import User
-from common.exceptions import DomainError
+from common.exceptions import DomainError, uuid_or_404
 from common.logging import log_warning
 from media.exceptions import BodyInterrupted, UploadError
 from media.models import Kind, Upload, UploadStatus
@@ -510,8 +510,4 @@ class AttachmentView(APIView):
     @extend_schema(responses={200: AttachmentStatusSerializer})
     def get(self, request: Request, attachment_id: str) -> Response:
         assert isinstance(request.user, User)
-        try:
-            parsed = uuid.UUID(attachment_id)
-        except ValueError as exc:
-            raise DomainError("not_found", "no such attachment", status=404) from exc
-        return Response(attachment_status(request.user, parsed))
+        return Response(attachment_status(request.user, uuid_or_404(attachment_id, "attachment")))

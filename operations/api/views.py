@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.services import device_claim
-from common.exceptions import DomainError
+from common.exceptions import DomainError, uuid_or_404
 from operations.selectors import changes_since, op_get_for_user, op_outcome
 from operations.services import _touch_device, op_batch_accept
 
@@ -156,8 +156,5 @@ class OpOutcomeView(APIView):
     @extend_schema(responses={200: _OUTCOME})
     def get(self, request: Request, op_id: str) -> Response:
         assert isinstance(request.user, User)
-        try:
-            parsed = uuid.UUID(op_id)
-        except ValueError as exc:
-            raise DomainError("not_found", "no such op", status=404) from exc
+        parsed = uuid_or_404(op_id, "op")
         return Response(op_outcome(op_get_for_user(request.user, parsed)))
