@@ -7,12 +7,13 @@ rows of ``auth_permission`` that would have to be kept in step with the roles.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import HttpRequest
 
 from accounts.models import Role, User
@@ -123,3 +124,23 @@ class ReadOnlyAdmin(DispatcherAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
         return actions
+
+
+class UuidSearchMixin:
+    """Search by exact id: the logs are too big for a substring match on every row."""
+
+    uuid_search_fields: tuple[str, ...] = ()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        if not search_term:
+            return queryset, False
+        try:
+            key = uuid.UUID(search_term.strip())
+        except ValueError:
+            return queryset.none(), False
+        match = Q()
+        for name in self.uuid_search_fields:
+            match |= Q(**{name: key})
+        return queryset.filter(match), False

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from django import forms
@@ -15,7 +14,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from common.admin_site import DispatcherAdmin, dispatcher_of
+from common.admin_site import DispatcherAdmin, UuidSearchMixin, dispatcher_of
 from common.exceptions import DomainError
 from common.paginator import EstimatedCountPaginator
 from conflicts.models import DELETED_FIELD, Conflict, ConflictStatus, Resolution
@@ -82,7 +81,7 @@ class CustomValueForm(forms.Form):
 
 
 @admin.register(Conflict)
-class ConflictAdmin(DispatcherAdmin):
+class ConflictAdmin(UuidSearchMixin, DispatcherAdmin):
     offers_change = True  # changing a conflict means resolving it
     list_display = (
         "conflict_link",
@@ -105,6 +104,7 @@ class ConflictAdmin(DispatcherAdmin):
     show_full_result_count = False
     actions = ("resolve_with_server", "resolve_with_client")
     search_fields = ("=work_order_id", "=entity_id")
+    uuid_search_fields = ("id", "work_order_id")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         title = WorkOrder.objects.filter(pk=OuterRef("work_order_id")).values("title")[:1]
@@ -112,17 +112,6 @@ class ConflictAdmin(DispatcherAdmin):
             super().get_queryset(request).annotate(work_order_title=Subquery(title))
         )
         return annotated
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        if not search_term:
-            return queryset, False
-        try:
-            key = uuid.UUID(search_term.strip())
-        except ValueError:
-            return queryset.none(), False
-        return queryset.filter(pk=key) | queryset.filter(work_order_id=key), False
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)

@@ -8,13 +8,13 @@ import uuid
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from common.admin_site import ReadOnlyAdmin
+from common.admin_site import ReadOnlyAdmin, UuidSearchMixin
 from common.paginator import EstimatedCountPaginator
 from operations.models import Event, Operation
 from workorders.registry import ENTITIES
@@ -42,26 +42,6 @@ def device_link(device_id: uuid.UUID | None) -> SafeString | str:
         return "—"
     url = reverse("admin:accounts_device_change", args=[device_id])
     return format_html('<a href="{}">{}</a>', url, str(device_id)[:8])
-
-
-class UuidSearchMixin:
-    """Search by exact id: the logs are too big for a substring match on every row."""
-
-    uuid_search_fields: tuple[str, ...] = ()
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        if not search_term:
-            return queryset, False
-        try:
-            key = uuid.UUID(search_term.strip())
-        except ValueError:
-            return queryset.none(), False
-        match = Q()
-        for name in self.uuid_search_fields:
-            match |= Q(**{name: key})
-        return queryset.filter(match), False
 
 
 class LogAdmin(UuidSearchMixin, ReadOnlyAdmin):
