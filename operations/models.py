@@ -3,8 +3,6 @@ commit-ordered change feed (what devices pull)."""
 
 from __future__ import annotations
 
-import uuid
-
 from django.db import models
 from django.db.models import Q
 
@@ -184,7 +182,3 @@ class RetentionMark(models.Model):
 
     def __str__(self) -> str:
         return f"horizon {self.horizon_pos}"
-
-
-def new_uuid() -> uuid.UUID:
-    return uuid.uuid4()

@@ -29,7 +29,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.authentication import ApiTokenAuthentication, touch_token
+from accounts.authentication import ApiTokenAuthentication
 from accounts.models import User
 from common.exceptions import DomainError, uuid_or_404
 from common.logging import log_warning
@@ -146,8 +146,7 @@ def _authenticate(request: HttpRequest) -> User:
         raise UploadError("authentication_failed", str(exc.detail), 401, challenge) from exc
     if found is None:
         raise UploadError("not_authenticated", "send Authorization: Token <token>", 401, challenge)
-    user, token = found
-    touch_token(token)
+    user, _ = found
     user.org_id  # noqa: B018 - raises 403 for an account without an organisation
     return user
 
