@@ -34,6 +34,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Outermost of ours, so a database outage anywhere below answers 503, not 500.
+    "common.middleware.DatabaseUnavailableMiddleware",
     # Serves the admin's static files from gunicorn, so `make run` needs no web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from typing import Any
 
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.models import Organization, User
@@ -112,3 +114,25 @@ def test_rebuild_projection_reports_a_tampered_record(dispatcher: Phone) -> None
 def test_unknown_api_path_is_json_404(dispatcher: Phone) -> None:
     response = dispatcher.client.get("/api/v1/nothing-here")
     assert response.status_code == 404
+
+
+def test_a_database_outage_answers_503_with_retry_after(tech: Phone) -> None:
+    # Given the database stops answering (a real refused connection: the settings point at a
+    # port where nothing listens, as while Postgres restarts)
+    tech.pull()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = str(probe.getsockname()[1])
+    connection.close()
+    saved = dict(connection.settings_dict)
+    connection.settings_dict.update(HOST="127.0.0.1", PORT=closed_port)
+    try:
+        # When the phone pulls
+        response = tech.client.get("/api/v1/sync/pull", {"device_id": tech.device_id})
+    finally:
+        connection.close()
+        connection.settings_dict.update(saved)
+    # Then it is told to retry, not shown a server error
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"
+    assert response["Retry-After"]

@@ -1,0 +1,40 @@
+"""A database outage answers 503 with a `Retry-After`, never a 500.
+
+Postgres restarting or failing over is something a phone can meet at any time and must
+retry, not report as a server bug. Django raises `OperationalError`/`InterfaceError` from
+whichever query first meets the dead connection; DRF's handler does not know them, so they
+reach this middleware. Nothing was committed by the request that failed, so a retry is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from common.logging import log_warning
+
+RETRY_AFTER_SECONDS = 5
+
+
+class DatabaseUnavailableMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, OperationalError | InterfaceError):
+            return None
+        log_warning("db.unavailable", path=request.path, error=str(exception)[:200])
+        response = JsonResponse(
+            {
+                "code": "service_unavailable",
+                "detail": "the database is not answering; retry in a few seconds",
+            },
+            status=503,
+        )
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
