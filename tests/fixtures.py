@@ -159,7 +159,8 @@ def _worker_idle_before_flush(request: pytest.FixtureRequest) -> Iterator[None]:
     apply rung by the test. Wait (bounded) until no other session is busy, so TRUNCATE and
     the worker's row locks don't deadlock."""
     yield
-    if "django_db_blocker" in request.fixturenames or "transactional_db" in request.fixturenames:
+    uses_db = request.node.get_closest_marker("django_db") is not None
+    if uses_db or {"db", "transactional_db"} & set(request.fixturenames):
         wait_until(lambda: not _other_sessions_busy(), timeout=30, message="db never went idle")
 
 

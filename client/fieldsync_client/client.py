@@ -225,7 +225,7 @@ class Client:
         done = threading.Event()
         threads = [
             threading.Thread(target=_loop, args=(data_dir, self.settings, job, stop, done))
-            for job in (_sync_loop, _upload_loop)
+            for job in (SyncLoop, UploadLoop)
         ]
         for thread in threads:
             thread.start()
@@ -256,49 +256,70 @@ def _record(row: Any) -> dict[str, Json]:
     }
 
 
-Step = Callable[["Client", Callable[[], bool]], float]
+class Loop:
+    """One of the agent's two jobs: `step` does what is due and says when to look again;
+    `wake` says whether something happened meanwhile that should not wait that long."""
+
+    def step(self, client: Client, stopping: Callable[[], bool]) -> float:
+        raise NotImplementedError
+
+    def wake(self, client: Client) -> bool:
+        raise NotImplementedError
 
 
 def _loop(
     data_dir: Path,
     settings: Settings,
-    step: Step,
+    job: type[Loop],
     stop: threading.Event,
     done: threading.Event,
 ) -> None:
     client = Client(data_dir, settings)
+    loop = job()
+
+    def stopping() -> bool:
+        return stop.is_set() or done.is_set()
+
     try:
-        while not (stop.is_set() or done.is_set()):
+        while not stopping():
             try:
-                wait = step(client, lambda: stop.is_set() or done.is_set())
+                wait = loop.step(client, stopping)
             except Exception:  # a bug must not stop the phone syncing for good
-                logger.exception("%s failed; trying again in %s s", step.__name__, CRASH_PAUSE)
+                logger.exception("%s failed; trying again in %s s", job.__name__, CRASH_PAUSE)
                 wait = CRASH_PAUSE
             deadline = time.monotonic() + wait
             # Short naps: a local change, a new network or a stop is noticed within one.
-            while time.monotonic() < deadline and not (stop.is_set() or done.is_set()):
-                if _wake(client):
+            while time.monotonic() < deadline and not stopping():
+                if loop.wake(client):
                     break
                 time.sleep(min(WAKE_INTERVAL, max(0.0, deadline - time.monotonic())))
     finally:
         client.close()
 
 
-def _wake(client: Client) -> bool:
+class SyncLoop(Loop):
+    def step(self, client: Client, stopping: Callable[[], bool]) -> float:
+        return _sync_step(client)
+
+    def wake(self, client: Client) -> bool:
+        return _sync_wake(client)
+
+
+def _sync_wake(client: Client) -> bool:
     """Work that should not wait for the timer: a new op, a tap on resolve."""
-    if client.store.network == Network.OFFLINE:
+    store = client.store
+    if store.network == Network.OFFLINE:
         return False
-    unsent = client.store.db.execute("SELECT 1 FROM ops WHERE status = 'new' LIMIT 1").fetchone()
-    resolving = client.store.db.execute(
+    if float(store.get("sync_retry_at", "0") or 0) > time.time():
+        return False
+    unsent = store.db.execute("SELECT 1 FROM ops WHERE status = 'new' LIMIT 1").fetchone()
+    resolving = store.db.execute(
         "SELECT 1 FROM conflicts WHERE status = 'resolving' LIMIT 1"
     ).fetchone()
-    return (
-        bool(unsent or resolving)
-        and float(client.store.get("sync_retry_at", "0") or 0) <= time.time()
-    )
+    return unsent is not None or resolving is not None
 
 
-def _sync_loop(client: Client, stopping: Callable[[], bool]) -> float:
+def _sync_step(client: Client) -> float:
     """One sync round if one is due; returns seconds until the next is due."""
     store = client.store
     if store.network == Network.OFFLINE or store.get("signed_out") == "1":
@@ -349,9 +370,25 @@ def _sync_failed(client: Client, error: Exception, signed_out: bool = False) -> 
     return delay
 
 
-def _upload_loop(client: Client, stopping: Callable[[], bool]) -> float:
-    api = client.api()
-    try:
-        return client._uploader(api).step(stopping)
-    finally:
-        api.close()
+class UploadLoop(Loop):
+    """Keeps its uploader between steps; wakes on any change another connection commits
+    (a new file, a tap on pause or resume, a new network), which SQLite's data_version
+    shows without reading a table."""
+
+    def __init__(self) -> None:
+        self.uploader: Uploader | None = None
+        self.seen_version = -1
+
+    def step(self, client: Client, stopping: Callable[[], bool]) -> float:
+        if self.uploader is None:
+            self.uploader = Uploader(client.store, client.api(), client.settings.upload)
+        self.uploader.api.session.headers["Authorization"] = f"Token {client.store.get('token')}"
+        self.seen_version = _data_version(client)
+        return self.uploader.step(stopping)
+
+    def wake(self, client: Client) -> bool:
+        return _data_version(client) != self.seen_version
+
+
+def _data_version(client: Client) -> int:
+    return int(client.store.db.execute("PRAGMA data_version").fetchone()[0])
