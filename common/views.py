@@ -35,7 +35,8 @@ def _check_object_store() -> None:
 def _check_worker() -> None:
     from syncserver.celery import app
 
-    if not app.control.ping(timeout=1.0):
+    # limit=1: the first worker to answer is enough; without it ping waits the whole timeout.
+    if not app.control.ping(timeout=1.0, limit=1):
         raise RuntimeError("no Celery worker answered")
 
 

@@ -32,6 +32,7 @@ from psycopg import sql
 from devstack.ensure_bucket import BucketError, S3Settings, ensure_bucket
 
 START_TIMEOUT = 60.0
+MAX_CONNECTIONS = 300
 STOP_TIMEOUT = 20.0
 PORTS_FILE = "devstack-ports.json"
 PIDS_FILE = "devstack.pid"
@@ -142,6 +143,9 @@ def start_postgres(data_dir: Path) -> Service:
     # user, and every client here connects over TCP.
     command = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(data_dir)]
     command += ["-h", "127.0.0.1", "-p", str(port), "-k", ""]
+    # Room for every gunicorn thread's connection (WEB_CONCURRENCY * WEB_THREADS = 128 by
+    # default), the Celery pool, beat, and the tests' own sessions; the default is 100.
+    command += ["-c", f"max_connections={MAX_CONNECTIONS}"]
     # SIGINT is Postgres' fast shutdown; SIGTERM would wait for every client to leave.
     process = _spawn("postgres", command, data_dir, user=run_as, stop_signal=signal.SIGINT)
     _wait_ready(process, lambda: postgres_answers(url), "Postgres", log)
