@@ -9,12 +9,13 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv install run lint test bench clean-data
+.PHONY: help venv install run lint test test-field bench clean-data
 
 help:
 	@echo "make run                 web + Celery worker + beat (embedded Postgres, Redis, S3 where none is configured)"
 	@echo "make test                lint, then the test suite (PYTEST_ARGS='-k foo' to narrow it)"
 	@echo "make lint                ruff check, ruff format --check, mypy"
+	@echo "make test-field          the full field day (tests/field): 3 phones, 100 MiB videos, faults"
 	@echo "make bench               the benchmarks, against their own database and object store"
 	@echo "make clean-data CONFIRM=1  delete .data/ (everything make run stored)"
 
@@ -45,6 +46,10 @@ lint: $(INSTALLED)
 
 test: lint
 	$(PYTHON) -m devstack test $(PYTEST_ARGS)
+
+# The full field day writes its summary to docs/field-day.md (make test plays the short one).
+test-field: $(INSTALLED)
+	FIELD_DAY=full $(PYTHON) -m devstack test tests/field/test_field_day.py -s $(PYTEST_ARGS)
 
 bench: $(INSTALLED)
 	$(PYTHON) -m devstack exec -- $(PYTHON) -m bench
