@@ -173,7 +173,10 @@ def summary(day: Day) -> str:
         )
     lines += [
         "",
-        f"Faults injected: {len(day.faults)}. Whole day: {elapsed:.0f} s. Every op applied or"
+        f"Fault events: {len(day.faults)} (faults and the recoveries that end them). Whole"
+        f" day: {elapsed:.0f} s. The phones' first retry waits {day.plan.backoff_base:g} s"
+        " instead of a phone's 15 s (`--backoff-base`), so the day takes minutes, not hours;"
+        " the rest of their behaviour is the client's defaults. Every op applied or"
         " in a conflict, none twice; every file attached with its checksum verified again"
         " from the object store; each phone's records equal to what the server sends it;"
         f" open conflicts exactly the {len(day.expected_open)} expected.",
