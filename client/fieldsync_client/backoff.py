@@ -9,6 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+# Past this many failures in a row the wait is the cap anyway (and 2.0 ** n stays finite).
+MAX_DOUBLINGS = 30
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -18,6 +21,6 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the `attempt`-th failure in a row (1 → base)."""
-        nominal = min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
+        nominal = min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), MAX_DOUBLINGS))
         spread: float = (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, nominal * (1 + spread))
+        return max(0.0, min(self.cap, nominal * (1 + spread)))

@@ -119,7 +119,9 @@ class Client:
             self.store.put_in(db, "network", network.value)
             self.store.log(db, "network", self.store.device_id, old.value, network.value)
         if network not in (Network.OFFLINE, old):
-            self.store.put("sync_retry_at", "0")
+            with self.store.write() as db:
+                self.store.put_in(db, "sync_retry_at", "0")
+                self.store.put_in(db, "sync_failures", "0")
             self._uploader(self.api()).network_changed()
 
     def pause_uploads(self, attachment_id: str | None = None, paused: bool = True) -> None:
@@ -308,7 +310,7 @@ class SyncLoop(Loop):
 def _sync_wake(client: Client) -> bool:
     """Work that should not wait for the timer: a new op, a tap on resolve."""
     store = client.store
-    if store.network == Network.OFFLINE:
+    if store.network == Network.OFFLINE or store.get("signed_out") == "1":
         return False
     if float(store.get("sync_retry_at", "0") or 0) > time.time():
         return False

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldsync_client.model import (
+    FINISHED_STATUSES,
     OVERLAY_STATUSES,
     Json,
     Network,
@@ -36,6 +37,8 @@ logger = logging.getLogger("fieldsync_client")
 DB_NAME = "fieldsync.sqlite3"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 15_000
+# A push body is at most 1 MiB; one op must fit in one with room for the envelope.
+MAX_OP_BYTES = 1024 * 1024 - 16 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -246,6 +249,10 @@ class Store:
     ) -> sqlite3.Row:
         """Save a local change and queue it as an op, in one transaction: the local view
         shows it at once, and it cannot exist without its op (or the op without it)."""
+        if len(dumps(dict(fields))) > MAX_OP_BYTES:
+            # Refused before it takes a seq: a seq the server never gets would hold up every
+            # later op of this device until the server gives up waiting for it.
+            raise ValueError(f"the change is over {MAX_OP_BYTES} bytes; the server takes 1 MiB")
         with self.write() as db:
             seq = int(self._get(db, "next_seq", "1"))
             self.put_in(db, "next_seq", str(seq + 1))
@@ -345,14 +352,22 @@ class Store:
         why: str = "",
         **columns: Any,
     ) -> None:
-        """Move one op to `status` (with extra columns) and log it when the status changed."""
+        """Move one op forward to `status` (with extra columns), logged when it changed.
+
+        Ops only move forward (new → sending → accepted → finished), whatever another
+        connection did since `op` was read: a finished op never changes again."""
+        current = db.execute("SELECT status FROM ops WHERE seq = ?", (op["seq"],)).fetchone()
+        if current is None or _RANK[current["status"]] > _RANK[status.value]:
+            return
+        if current["status"] in FINISHED_STATUSES:
+            return
         sets = ", ".join(f"{name} = ?" for name in ["status", "updated_at", *columns])
         db.execute(
             f"UPDATE ops SET {sets} WHERE seq = ?",  # noqa: S608 - column names are ours
             (status.value, time.time(), *columns.values(), op["seq"]),
         )
-        if op["status"] != status.value:
-            self.log(db, "op", op["op_id"], op["status"], status.value, why)
+        if current["status"] != status.value:
+            self.log(db, "op", op["op_id"], current["status"], status.value, why)
 
     # --- uploads --------------------------------------------------------------------------
 
@@ -383,6 +398,8 @@ class Store:
             ).fetchone()
             if row is None:
                 return
+            if row["status"] == UploadStatus.UPLOADED.value:
+                return  # attached on the server: nothing about it changes any more
             if status is not None:
                 columns["status"] = status.value
             columns["updated_at"] = time.time()
@@ -408,6 +425,9 @@ class Store:
                 (new_id, time.time(), old_id),
             )
             self.log(db, "upload", old_id, "uploading", f"restarted as {new_id}", detail)
+
+
+_RANK = {"new": 0, "sending": 1, "accepted": 2, "applied": 3, "conflict": 3, "rejected": 3}
 
 
 def _upload_state(status: str, reason: str | None) -> str:

@@ -118,18 +118,24 @@ class Syncer:
 
     def pull(self, report: SyncReport) -> None:
         """Follow the cursor until the server has nothing more; one transaction per page."""
+        resync: set[tuple[str, str]] | None = None  # records seen since starting over
         while True:
             cursor = self.store.get("cursor")
             try:
                 page = self.api.pull(self.store.device_id, cursor, PULL_LIMIT)
+            except SignedOut:
+                raise
             except Refused as exc:
-                if exc.code != "cursor_expired":
+                if exc.code != "cursor_expired" or resync is not None:
                     raise
+                resync = set()
                 self._start_over()
                 continue
             with self.store.write() as db:
                 for change in page["changes"]:
-                    self._apply_change(db, change)
+                    self._apply_change(db, change, resync is not None)
+                    if resync is not None:
+                        resync.add((str(change["entity"]), str(change["entity_id"])))
                 for outcome in page["outcomes"]:
                     self._apply_outcome(db, outcome)
                 self.store.put_in(db, "cursor", str(page["cursor"]))
@@ -139,24 +145,38 @@ class Syncer:
             report.outcomes += len(page["outcomes"])
             if not page["has_more"]:
                 break
+        if resync is not None:
+            self._forget_unseen(resync)
         self._look_up_stragglers(report)
 
     def _start_over(self) -> None:
-        """The server no longer keeps history back to our cursor: pull everything again,
-        and forget server state nobody sends us any more (our own unsent ops stay)."""
+        """The server no longer keeps history back to our cursor: pull everything again.
+        Records stay on the device meanwhile (the pull may be cut off); see _forget_unseen."""
         with self.store.write() as db:
             db.execute("DELETE FROM meta WHERE key = 'cursor'")
-            db.execute(
-                "DELETE FROM records WHERE NOT EXISTS (SELECT 1 FROM ops WHERE ops.entity ="
-                " records.entity AND ops.entity_id = records.entity_id"
-                " AND ops.status IN ('new', 'sending', 'accepted'))"
-            )
-            db.execute(
-                "UPDATE records SET server_version = 0, server_state = NULL, server_fields = '{}'"
-            )
             self.store.log(db, "device", self.store.device_id, "synced", "resync", "cursor_expired")
 
-    def _apply_change(self, db: sqlite3.Connection, change: dict[str, Json]) -> None:
+    def _forget_unseen(self, seen: set[tuple[str, str]]) -> None:
+        """After a complete pull from the start: what it did not send has left our scope
+        (our own unsent records stay)."""
+        with self.store.write() as db:
+            rows = db.execute(
+                "SELECT entity, entity_id FROM records WHERE server_state IS NOT NULL AND NOT"
+                " EXISTS (SELECT 1 FROM ops WHERE ops.entity = records.entity AND ops.entity_id"
+                " = records.entity_id AND ops.status IN ('new', 'sending', 'accepted'))"
+            ).fetchall()
+            for row in rows:
+                if (row["entity"], row["entity_id"]) not in seen:
+                    db.execute(
+                        "DELETE FROM records WHERE entity = ? AND entity_id = ?",
+                        (row["entity"], row["entity_id"]),
+                    )
+
+    def _apply_change(
+        self, db: sqlite3.Connection, change: dict[str, Json], full: bool = False
+    ) -> None:
+        """Store the server's state of a record; an older state never replaces a newer one,
+        except in a full pull from the start (`full`), which is the server's truth."""
         entity, entity_id = str(change["entity"]), str(change["entity_id"])
         if change["state"] == "revoked":
             db.execute(
@@ -168,8 +188,15 @@ class Syncer:
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (entity, entity_id) DO UPDATE SET"
             " server_version = excluded.server_version, server_state = excluded.server_state,"
             " server_fields = excluded.server_fields"
-            " WHERE excluded.server_version >= records.server_version",
-            (entity, entity_id, int(change["version"]), change["state"], dumps(change["fields"])),
+            " WHERE ? OR excluded.server_version >= records.server_version",
+            (
+                entity,
+                entity_id,
+                int(change["version"]),
+                change["state"],
+                dumps(change["fields"]),
+                full,
+            ),
         )
         self.store.rebuild_view(db, entity, entity_id)
 
@@ -225,6 +252,8 @@ class Syncer:
                 answer = self.api.resolve(row["id"], row["choice"], value)
                 resolution = dumps(answer["conflict"].get("resolution"))
                 detail = f"{row['choice']}, version {answer.get('version')}"
+            except SignedOut:
+                raise  # the choice stays `resolving`: sent again once signed in
             except Refused as exc:
                 if exc.code not in ("already_resolved", "not_found"):
                     with self.store.write() as db:

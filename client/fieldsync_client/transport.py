@@ -84,7 +84,10 @@ class Api:
     ) -> requests.Response:
         """Send one request; answers outside `ok` become the exceptions above."""
         try:
-            response = self.session.request(method, self.url(path), timeout=self.timeout, **kwargs)
+            # No redirects: a captive portal's answer is not the server's.
+            response = self.session.request(
+                method, self.url(path), timeout=self.timeout, allow_redirects=False, **kwargs
+            )
         except requests.RequestException as exc:
             # A dead keep-alive connection must not poison the next attempt.
             self.session.close()
@@ -92,11 +95,13 @@ class Api:
         if response.status_code in ok:
             return response
         code, detail = _error_of(response)
-        if response.status_code >= 500 or response.status_code in (423, 429):
-            raise ServerBusy(response.status_code, code, detail, _retry_after(response))
         if response.status_code == 401:
             raise SignedOut(401, code, detail)
-        raise Refused(response.status_code, code, detail)
+        if 400 <= response.status_code < 500 and response.status_code not in (423, 429):
+            raise Refused(response.status_code, code, detail)
+        # 5xx, 423, 429, and anything a server of ours never answers here (a redirect, an
+        # unexpected 2xx from something in between): try again later.
+        raise ServerBusy(response.status_code, code, detail, _retry_after(response))
 
     # --- accounts and sync -----------------------------------------------------------------
 
@@ -104,41 +109,41 @@ class Api:
         response = self.call(
             "POST", "/api/v1/auth/token", json={"username": username, "password": password}
         )
-        return str(response.json()["token"])
+        return str(_json(response)["token"])
 
     def push(self, device_id: str, ops: list[dict[str, Json]]) -> list[dict[str, Json]]:
         response = self.call("POST", "/api/v1/sync/push", json={"device_id": device_id, "ops": ops})
-        results: list[dict[str, Json]] = response.json()["results"]
+        results: list[dict[str, Json]] = _json(response)["results"]
         return results
 
     def pull(self, device_id: str, cursor: str | None, limit: int) -> dict[str, Json]:
         params: dict[str, Json] = {"device_id": device_id, "limit": limit}
         if cursor:
             params["cursor"] = cursor
-        page: dict[str, Json] = self.call("GET", "/api/v1/sync/pull", params=params).json()
+        page: dict[str, Json] = _json(self.call("GET", "/api/v1/sync/pull", params=params))
         return page
 
     def op(self, op_id: str) -> dict[str, Json] | None:
         response = self.call("GET", f"/api/v1/sync/ops/{op_id}", ok=(200, 404))
-        return None if response.status_code == 404 else dict(response.json())
+        return None if response.status_code == 404 else dict(_json(response))
 
     def conflicts(self, status: str) -> list[dict[str, Json]]:
         response = self.call("GET", "/api/v1/conflicts", params={"status": status})
-        results: list[dict[str, Json]] = response.json()["results"]
+        results: list[dict[str, Json]] = _json(response)["results"]
         return results
 
     def resolve(self, conflict_id: str, choice: str, value: Json = None) -> dict[str, Json]:
         body: dict[str, Json] = {"choice": choice}
         if choice == "custom":
             body["value"] = value
-        result: dict[str, Json] = self.call(
-            "POST", f"/api/v1/conflicts/{conflict_id}/resolve", json=body
-        ).json()
+        result: dict[str, Json] = _json(
+            self.call("POST", f"/api/v1/conflicts/{conflict_id}/resolve", json=body)
+        )
         return result
 
     def attachment(self, attachment_id: str) -> dict[str, Json] | None:
         response = self.call("GET", f"/api/v1/attachments/{attachment_id}", ok=(200, 404))
-        return None if response.status_code == 404 else dict(response.json())
+        return None if response.status_code == 404 else dict(_json(response))
 
     # --- tus 1.0 ---------------------------------------------------------------------------
 
@@ -155,12 +160,12 @@ class Api:
         response = self.call("POST", "/api/v1/uploads/", ok=(201,), headers=headers)
         # Only the path is kept: the phone may reach the same server under another address
         # tomorrow (a new proxy, wifi instead of cellular), and the upload is the same.
-        path = urlsplit(response.headers["Location"]).path
+        path = urlsplit(header(response, "Location")).path
         return path, int(response.headers.get("Upload-Offset", "0"))
 
     def tus_offset(self, path: str) -> int:
         response = self.call("HEAD", path, ok=(200,), headers={"Tus-Resumable": TUS_VERSION})
-        return int(response.headers["Upload-Offset"])
+        return int(header(response, "Upload-Offset"))
 
     def tus_patch(self, path: str, offset: int, chunk: bytes, checksum: bool) -> requests.Response:
         """Send one chunk. 204 (stored), 409 (offset moved) and 460 (checksum) come back to
@@ -174,6 +179,21 @@ class Api:
             digest = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
             headers["Upload-Checksum"] = f"sha256 {digest}"
         return self.call("PATCH", path, ok=(204, 409, 460), headers=headers, data=chunk)
+
+
+def _json(response: requests.Response) -> Any:
+    """The body as JSON; a body that is not (a proxy's page) means "not the server": retry."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise Unreachable(f"HTTP {response.status_code} without a JSON body") from exc
+
+
+def header(response: requests.Response, name: str) -> str:
+    value = response.headers.get(name)
+    if value is None:
+        raise Unreachable(f"HTTP {response.status_code} without {name}")
+    return value
 
 
 def _error_of(response: requests.Response) -> tuple[str, str]:

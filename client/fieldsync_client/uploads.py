@@ -27,7 +27,7 @@ from fieldsync_client.model import (
     UploadStatus,
 )
 from fieldsync_client.store import Store
-from fieldsync_client.transport import Api, Refused, SignedOut, TransportError
+from fieldsync_client.transport import Api, Refused, SignedOut, TransportError, header
 
 MiB = 1024 * 1024
 KINDS = ("photo", "video", "signature", "document")
@@ -200,7 +200,10 @@ class Uploader:
             if self._gate(item, time.time()) is None and not _all_sent(item):
                 self._send(item, stop)
                 return 0.0
-        due = [item["next_attempt_at"] for item in self._unfinished() if item["next_attempt_at"]]
+        now = time.time()
+        due = [
+            item["next_attempt_at"] for item in self._unfinished() if item["next_attempt_at"] > now
+        ]
         waiting_for_server = any(_all_sent(item) for item in self._unfinished())
         idle = min(due, default=now + 60) - time.time()
         return max(0.0, min(idle, self.policy.verify_poll if waiting_for_server else idle))
@@ -298,7 +301,9 @@ class Uploader:
                     self.refresh_states()  # paused between chunks: nothing is lost
                     return
                 source.seek(offset)
-                chunk = source.read(self.policy.chunk_size)
+                chunk = source.read(min(self.policy.chunk_size, item["size"] - offset))
+                if not chunk:  # the file shrank since it was saved: a person must look
+                    raise OSError(f"{item['path']} is shorter than when it was saved")
                 self._count_sent(attachment_id, len(chunk))
                 response = self.api.tus_patch(path, offset, chunk, self.policy.checksum_chunks)
                 if response.status_code == 409:  # someone else's idea of the offset: ask
@@ -308,7 +313,7 @@ class Uploader:
                     if mismatches >= CHECKSUM_RETRIES:
                         raise TransportError("chunk checksum failed repeatedly")
                 else:
-                    offset = int(response.headers["Upload-Offset"])
+                    offset = int(header(response, "Upload-Offset"))
                     mismatches = 0
                     # Confirmed by the server, so a success resets the backoff too.
                     self.store.upload_update(

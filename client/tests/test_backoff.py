@@ -19,3 +19,9 @@ def test_waits_double_from_fifteen_seconds_within_the_jitter() -> None:
 def test_waits_stop_growing_at_the_cap() -> None:
     backoff = Backoff(base=15, cap=600, jitter=0)
     assert backoff.delay(30) == 600
+
+
+def test_the_cap_holds_with_jitter_and_after_any_number_of_failures() -> None:
+    backoff = Backoff(base=15, cap=600)
+    rng = random.Random(3)
+    assert all(backoff.delay(attempt, rng) <= 600 for attempt in range(1, 5000))

@@ -111,3 +111,21 @@ def test_two_processes_sharing_the_store_never_share_a_seq(tmp_path: Path, store
         worker.join()
     # Then every op has its own seq, with no gaps
     assert [op["seq"] for op in store.ops()] == list(range(1, 301))
+
+
+def test_a_change_too_big_for_any_push_is_refused_before_it_takes_a_seq(store: Store) -> None:
+    with pytest.raises(ValueError, match="1 MiB"):
+        store.op_enqueue("comment", "c1", "create", {"body": "x" * 2_000_000})
+    assert store.op_enqueue("comment", "c2", "create", {"body": "ok"})["seq"] == 1
+
+
+def test_a_finished_op_never_moves_back_whatever_another_connection_does(
+    store: Store,
+) -> None:
+    pulled(store, 1, status="scheduled")
+    op = store.op_enqueue("work_order", WO, "update", {"status": "on_site"})
+    outcome(store, op["op_id"], "applied", 2)
+    with store.write() as db:  # a stale row (read as `new`) pushed by another process
+        store.op_transition(db, op, OpStatus.SENDING)
+        store.op_transition(db, op, OpStatus.ACCEPTED)
+    assert store.ops()[0]["status"] == OpStatus.APPLIED.value

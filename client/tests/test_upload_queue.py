@@ -76,3 +76,22 @@ def test_job_progress_reads_like_the_queue_screen(uploader: Uploader, tmp_path: 
     progress = uploader.progress("visit")
     assert (progress.files, progress.uploaded, progress.bytes_confirmed) == (3, 1, 1400)
     assert progress.text == "Uploading 2 of 3"
+
+
+def test_a_file_that_shrank_after_saving_fails_instead_of_looping(
+    uploader: Uploader, tmp_path: Path
+) -> None:
+    attachment_id = saved(uploader, tmp_path, "a.jpg", 1000)
+    (tmp_path / "a.jpg").write_bytes(b"x" * 500)
+    uploader.store.upload_update(attachment_id, upload_url="/api/v1/uploads/x", offset=500)
+    # Nothing is sent (an empty PATCH would be answered 204 at the same offset, forever):
+    # the error makes the file `failed` with code local_file for a person to look at.
+    with pytest.raises(OSError, match="shorter"):
+        uploader._send_chunks(attachment_id, "/api/v1/uploads/x", 500, lambda: False)
+
+
+def test_nothing_is_due_while_a_file_cannot_move(uploader: Uploader, tmp_path: Path) -> None:
+    attachment_id = saved(uploader, tmp_path, "a.jpg")
+    uploader.store.upload_update(attachment_id, next_attempt_at=1.0)  # a retry long past
+    uploader.store.put("network", Network.OFFLINE.value)
+    assert uploader.step(lambda: False) > 1.0
