@@ -90,23 +90,25 @@ class CpuMeter:
     """CPU seconds used by named groups of processes between `start()` and `stop()`.
 
     A process that starts during the phase counts from zero. One that exits during it counts
-    in its parent's children times once reaped, which covers Postgres backends (the
-    postmaster is in its group) but not a process whose parent is in no group.
+    in its parent's children times once reaped, less what it had used before the phase, which
+    covers Postgres backends (the postmaster is in its group) but not a process whose parent
+    is in no group.
     """
 
     def __init__(self, groups: dict[str, Finder]) -> None:
         self.groups = groups
-        self._began: dict[str, dict[int, float]] = {}
+        self._began: dict[str, dict[int, tuple[float, int]]] = {}
         self._machine = 0.0
         self._wall = 0.0
 
-    def _sample(self) -> dict[str, dict[int, float]]:
-        sample: dict[str, dict[int, float]] = {}
+    def _sample(self) -> dict[str, dict[int, tuple[float, int]]]:
+        """Per group, each process's CPU seconds so far and its parent's pid."""
+        sample: dict[str, dict[int, tuple[float, int]]] = {}
         for name, find in self.groups.items():
-            used: dict[int, float] = {}
+            used: dict[int, tuple[float, int]] = {}
             for process in find():
                 try:
-                    used[process.pid] = cpu_seconds(process)
+                    used[process.pid] = (cpu_seconds(process), int(process.ppid()))
                 except psutil.Error:
                     continue
             sample[name] = used
@@ -126,16 +128,23 @@ class CpuMeter:
         wall = time.perf_counter() - self._wall
         machine = self._machine_busy() - self._machine
         ended = self._sample()
-        by_process = {
-            name: sorted(
+        by_process = {}
+        for name in self.groups:
+            began, now = self._began.get(name, {}), ended[name]
+            # A process that exited meanwhile sits in its parent's children times with all the
+            # CPU it ever used (a Postgres backend whose connection closed): what it had used
+            # before the phase began is taken off its parent again.
+            before: dict[int, float] = {}
+            for pid, (used, parent) in began.items():
+                if pid not in now and parent in now:
+                    before[parent] = before.get(parent, 0.0) + used
+            by_process[name] = sorted(
                 (
-                    max(0.0, used - self._began.get(name, {}).get(pid, 0.0))
-                    for pid, used in ended[name].items()
+                    max(0.0, used - began.get(pid, (0.0, 0))[0] - before.get(pid, 0.0))
+                    for pid, (used, _) in now.items()
                 ),
                 reverse=True,
             )
-            for name in self.groups
-        }
         by_group = {name: sum(used) for name, used in by_process.items()}
         return CpuUse(wall, by_group, machine, by_process)
 
@@ -182,3 +191,14 @@ def postgres_server(conninfo: str) -> int | None:
         return int(backend.ppid())
     except psutil.Error:
         return None
+
+
+def listening_process(port: int) -> psutil.Process | None:
+    """The process listening on TCP `port` of this machine (Redis, say), when we may see it."""
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            try:
+                return psutil.Process(conn.pid) if conn.pid else None
+            except psutil.Error:
+                return None
+    return None

@@ -21,11 +21,9 @@ keeps earlier runs' data (each run has its own organisation); drop it for a pris
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +48,17 @@ from bench.measure import (
     process_tree,
     timed_threads,
 )
-from bench.processes import ROOT, Child, Children, free_port, wait_for
+from bench.processes import (
+    ROOT,
+    Child,
+    Children,
+    free_port,
+    git_commit,
+    other_celery_workers,
+    setup_django,
+    start_celery_worker,
+    start_gunicorn,
+)
 
 PUSH = "/api/v1/sync/push"
 CLIENT_TIME = "2026-11-23T08:00:00Z"
@@ -287,29 +295,13 @@ class SyncBench:
             device_claim(next(u for u in users if u.pk == phone.user_id), phone.device_id)
 
     def start_web(self) -> None:
-        command = [
-            sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-            "--bind", f"127.0.0.1:{self.port}", "syncserver.wsgi",
-        ]  # fmt: skip
-        self.web = self.children.start("gunicorn", command, {"PORT": str(self.port)})
-        probe = urllib3.HTTPConnectionPool("127.0.0.1", self.port, retries=False, timeout=2.0)
-
-        def healthy() -> bool:
-            try:
-                return probe.request("GET", "/healthz").status == 200
-            except urllib3.exceptions.HTTPError:
-                return False
-
-        wait_for(healthy, "gunicorn", self.web)
+        self.web = start_gunicorn(self.children, self.port)
 
     def check_foreign_workers(self) -> None:
         """Note Celery workers other than ours on this broker: they take our rings (another
         benchmark run at the same time, say), and the apply figures are then not ours."""
-        from syncserver.celery import app
-
-        replies = app.control.ping(timeout=1.0) or []
-        for name in (name for reply in replies for name in reply):
-            if name != self.worker_name and name not in self.foreign_workers:
+        for name in other_celery_workers(self.worker_name):
+            if name not in self.foreign_workers:
                 say(f"another Celery worker shares this broker: {name}")
                 self.foreign_workers.append(name)
 
@@ -319,17 +311,7 @@ class SyncBench:
         self.check_foreign_workers()
         # Rings from the ingest (and any left by an earlier run) must not start the apply early.
         app.control.purge()
-        command = [
-            sys.executable, "-m", "celery", "-A", "syncserver", "worker", "-Q", "fieldsync",
-            "-c", str(self.plan.workers), "--pool", "prefork", "-n", self.worker_name,
-            "--loglevel", "INFO",
-        ]  # fmt: skip
-        self.worker = self.children.start("celery", command)
-        wait_for(
-            lambda: bool(app.control.ping(destination=[self.worker_name], timeout=0.5)),
-            "Celery worker",
-            self.worker,
-        )
+        self.worker = start_celery_worker(self.children, self.worker_name, self.plan.workers)
 
     # --- 1. ingest ------------------------------------------------------------------------
     def ingest(self) -> Ingest:
@@ -589,31 +571,10 @@ class SyncBench:
             postgres=str(version[0] if version else "?"),
             synchronous_commit=str(sync[0] if sync else "?"),
             date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            commit=_git_commit(),
+            commit=git_commit(),
             web=web,
             foreign_workers=self.foreign_workers,
         )
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-    except OSError:
-        return "?"
-    return f"{head} + uncommitted changes" if dirty else head
 
 
 # ============================================================================================
@@ -621,7 +582,8 @@ def _git_commit() -> str:
 # ============================================================================================
 def run(report: dict[str, object]) -> None:
     plan = Plan.from_env()
-    database, conninfo = _setup_django()
+    say("migrating the bench database")
+    database, conninfo = setup_django()
     shutil.rmtree(LOGS, ignore_errors=True)
     LOGS.mkdir(parents=True)
     try:
@@ -639,30 +601,6 @@ def run(report: dict[str, object]) -> None:
             report["sync"] = render(plan, bench.machine(), ingest, applied, latency)
     finally:
         say(f"server logs in {LOGS.relative_to(ROOT)}/")
-
-
-def _setup_django() -> tuple[str, str]:
-    """Migrate the bench database, set Django up in this process; its name and conninfo."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncserver.settings")
-    say("migrating the bench database")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, check=True
-    )
-    import django
-    from django.conf import settings
-
-    django.setup()
-    # Our own set-up calls log every user and token they make; the servers still log.
-    logging.getLogger("fieldsync").setLevel(logging.WARNING)
-    db = settings.DATABASES["default"]
-    conninfo = psycopg.conninfo.make_conninfo(
-        dbname=db["NAME"],
-        user=db.get("USER") or None,
-        password=db.get("PASSWORD") or None,
-        host=db.get("HOST") or None,
-        port=str(db.get("PORT") or "") or None,
-    )
-    return str(db["NAME"]), conninfo
 
 
 # ============================================================================================
