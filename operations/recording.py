@@ -149,13 +149,13 @@ class ChangeSet:
         if undelete:
             obj.deleted = False
             diff["__deleted__"] = [True, False]
-        obj.save()
+        self._write(spec, obj)
         return self._record_event(spec, obj, kind, diff, author)
 
     def delete(self, spec: EntitySpec, obj: SyncedRecord, author: Author) -> Event:
         obj.version += 1
         obj.deleted = True
-        obj.save(update_fields=["version", "deleted", "updated_at"])
+        self._write(spec, obj)
         return self._record_event(
             spec, obj, EventKind.DELETE, {"__deleted__": [False, True]}, author
         )
@@ -310,9 +310,12 @@ def _update_records(spec: EntitySpec, records: list[SyncedRecord]) -> None:
     """One ``UPDATE … FROM (VALUES …)`` for a model's changed records: a round trip per
     model and batch, not per op."""
     model = spec.model
-    by_attname = {f.attname: f for f in model._meta.concrete_fields}
+    # A field spec names a model field (e.g. `assigned_to`, whose column is its attname
+    # `assigned_to_id`); both spellings find it.
+    by_name = {f.name: f for f in model._meta.concrete_fields}
+    by_name.update({f.attname: f for f in model._meta.concrete_fields})
     names = [s.attr(n) for n, s in spec.fields.items()] + ["version", "deleted", "field_meta"]
-    columns = [model._meta.pk, *(by_attname[n] for n in names), by_attname["updated_at"]]
+    columns = [model._meta.pk, *(by_name[n] for n in names), by_name["updated_at"]]
     now = timezone.now()
     row = "(" + ", ".join(f"%s::{c.db_type(connection)}" for c in columns) + ")"
     params: list[Any] = []

@@ -267,14 +267,21 @@ def _push_result(
 
 
 def _touch_device(device: Device, column: str, now: Any) -> None:
-    # Throttled, and the WHERE skips rows a running apply has locked, so pushes don't queue
-    # behind the apply loop just to stamp a time.
+    # Throttled, and a row a running apply has locked is skipped (SKIP LOCKED), so pushes
+    # and pulls don't queue behind the apply loop just to stamp a time.
     loaded = getattr(device, column)
     if loaded is not None and (now - loaded).total_seconds() < 5:
         return
-    Device.objects.filter(pk=device.pk).filter(
-        Q(**{f"{column}__isnull": True}) | Q(**{f"{column}__lt": now - timedelta(seconds=5)})
-    ).update(**{column: now})
+    free = (
+        Device.objects.filter(pk=device.pk)
+        .filter(
+            Q(**{f"{column}__isnull": True}) | Q(**{f"{column}__lt": now - timedelta(seconds=5)})
+        )
+        .select_for_update(skip_locked=True)
+        .values("pk")
+    )
+    with transaction.atomic():
+        Device.objects.filter(pk__in=free).update(**{column: now})
 
 
 def ring_device(device_id: uuid.UUID) -> None:
