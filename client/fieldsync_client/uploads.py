@@ -192,21 +192,25 @@ class Uploader:
         """Do the next piece of work; returns how long nothing will be due (seconds)."""
         self.refresh_states()
         now = time.time()
-        items = self._unfinished()
-        for item in items:
+        for item in self._unfinished():
             if self._gate(item, now) is None and _all_sent(item):
                 self._check_attached(item)
-        for item in self._unfinished():
+        for item in self._unfinished():  # read again: a check may have finished some
             if self._gate(item, time.time()) is None and not _all_sent(item):
                 self._send(item, stop)
                 return 0.0
         now = time.time()
-        due = [
-            item["next_attempt_at"] for item in self._unfinished() if item["next_attempt_at"] > now
-        ]
-        waiting_for_server = any(_all_sent(item) for item in self._unfinished())
-        idle = min(due, default=now + 60) - time.time()
-        return max(0.0, min(idle, self.policy.verify_poll if waiting_for_server else idle))
+        remaining = self._unfinished()
+        idle = (
+            min(
+                (i["next_attempt_at"] for i in remaining if i["next_attempt_at"] > now),
+                default=now + 60,
+            )
+            - now
+        )
+        if any(_all_sent(item) for item in remaining):  # waiting for the server to attach
+            idle = min(idle, self.policy.verify_poll)
+        return max(0.0, idle)
 
     def refresh_states(self) -> None:
         """Every unfinished item shows why it is not moving, or that it is next."""
