@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run                 web + Celery worker + beat (embedded Postgres, Redis, S3 where none is configured)"
 	@echo "make test                lint, then the test suite (PYTEST_ARGS='-k foo' to narrow it)"
-	@echo "make lint                ruff check, ruff format --check, mypy"
+	@echo "make lint                ruff check, ruff format --check, mypy, import rules (docs/architecture.md)"
 	@echo "make test-field          the full field day (tests/field): 3 phones, 100 MiB videos, faults"
 	@echo "make bench               the benchmarks, against their own database and object store"
 	@echo "make clean-data CONFIRM=1  delete .data/ (everything make run stored)"
@@ -43,6 +43,7 @@ lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(PYTHON) -m devstack test $(PYTEST_ARGS)

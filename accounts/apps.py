@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class AccountsConfig(AppConfig):
     name = "accounts"
     verbose_name = "Organisations, people and devices"
+
+    def ready(self) -> None:
+        from accounts.api import schema  # noqa: F401 - registers the OpenAPI auth scheme

@@ -9,6 +9,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from accounts.exceptions import AccountError, Refusal
 from accounts.models import ApiToken, User
 
 
@@ -40,6 +41,11 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         )
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        if token.user.organization_id is None:
+            # A platform operator's account: it works in the workspace, never as a field user.
+            raise AccountError(
+                "no_organization", "this account belongs to no organisation", Refusal.FORBIDDEN
+            )
         touch_token(token)
         return token.user, token
 

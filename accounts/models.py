@@ -7,8 +7,6 @@ import uuid
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
-from common.exceptions import DomainError
-
 
 class Organization(models.Model):
     name = models.CharField(max_length=100, unique=True)
@@ -36,9 +34,10 @@ class User(AbstractUser):
 
     @property
     def org_id(self) -> int:
-        """The organisation of a field user (API users always have one)."""
+        """The organisation of a field user. Authentication refuses API users without one and
+        the workspace writes only as a dispatcher of one, so None here is a server bug."""
         if self.organization_id is None:
-            raise DomainError("no_organization", "this account belongs to no organisation", 403)
+            raise ValueError(f"user {self.pk} belongs to no organisation")
         return self.organization_id
 
 
@@ -69,10 +68,7 @@ class DeviceKind(models.TextChoices):
 
 class Device(models.Model):
     """A client install, named by a UUID the client makes. Owned by the first user who syncs.
-
-    ``done_seq`` is the apply watermark: every op of this device with seq <= done_seq is
-    finished (applied, conflict or rejected), or was skipped as a gap (see ``skipped_seqs``).
-    """
+    Where the sync engine stands for it lives in ``operations.DeviceSyncState``."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     user = models.ForeignKey(User, on_delete=models.PROTECT, related_name="devices")
@@ -82,14 +78,6 @@ class Device(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_push_at = models.DateTimeField(null=True, blank=True)
     last_pull_at = models.DateTimeField(null=True, blank=True)
-    done_seq = models.BigIntegerField(default=0)
-    # Set while the apply loop waits for a missing seq; cleared when it moves on.
-    gap_since = models.DateTimeField(null=True, blank=True)
-    gap_seq = models.BigIntegerField(null=True, blank=True)
-    skipped_seqs = models.JSONField(default=list, blank=True)
-    # Ops with seq <= this were compacted away; an unknown op at or below it is refused.
-    compacted_seq = models.BigIntegerField(default=0)
-    last_error = models.TextField(blank=True, default="")
 
     class Meta:
         indexes = [models.Index(fields=["user"], name="device_user_idx")]

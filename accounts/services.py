@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from django.contrib.auth import authenticate
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.authentication import hash_key, new_key
+from accounts.exceptions import AccountError, Refusal
 from accounts.models import ApiToken, Device, DeviceKind, Organization, Role, User
-from common.exceptions import DomainError
 from common.logging import log_event
 
 
 def field_user_create(org_name: str, role: str, username: str, password: str) -> User:
     """Create the organisation if needed and the user; running it again changes nothing."""
     if role not in Role.values:
-        raise DomainError("invalid_role", f"role must be one of {', '.join(Role.values)}")
+        raise AccountError("invalid_role", f"role must be one of {', '.join(Role.values)}")
     with transaction.atomic():
         org, _ = Organization.objects.get_or_create(name=org_name)
         user = User.objects.filter(username=username).first()
         if user is not None:
             if user.organization_id != org.pk:
-                raise DomainError("username_taken", f"{username} belongs to another organisation")
+                raise AccountError("username_taken", f"{username} belongs to another organisation")
             return user
         user = User.objects.create_user(
             username=username, password=password, organization=org, role=role
@@ -38,7 +40,9 @@ def field_user_create(org_name: str, role: str, username: str, password: str) ->
 def token_issue_for_credentials(username: str, password: str) -> str:
     user = authenticate(username=username, password=password)
     if not isinstance(user, User) or not user.is_active or user.organization_id is None:
-        raise DomainError("invalid_credentials", "Wrong username or password.", status=401)
+        raise AccountError(
+            "invalid_credentials", "Wrong username or password.", Refusal.NOT_AUTHENTICATED
+        )
     return token_issue(user)
 
 
@@ -69,15 +73,37 @@ def device_claim(user: User, device_id: uuid.UUID, token: object = None) -> Devi
         except IntegrityError:
             device = Device.objects.get(pk=device_id)
     if device.user_id != user.pk:
-        raise DomainError(
-            "device_owned_by_other_user", "This device_id belongs to another user.", status=403
+        raise AccountError(
+            "device_owned_by_other_user",
+            "This device_id belongs to another user.",
+            Refusal.FORBIDDEN,
         )
     if not device.is_active:
-        raise DomainError("device_deactivated", "This device has been deactivated.", status=403)
+        raise AccountError(
+            "device_deactivated", "This device has been deactivated.", Refusal.FORBIDDEN
+        )
     if isinstance(token, ApiToken) and token.device_id is None:
         ApiToken.objects.filter(pk=token.pk, device__isnull=True).update(device=device)
         token.device_id = device.pk
     return device
+
+
+# A device's last push and pull are stamped at most this often: a phone syncing every few
+# seconds must not cost a write on every request.
+TOUCH_INTERVAL = timedelta(seconds=5)
+
+
+def device_touch(device: Device, column: str, now: datetime) -> None:
+    """Stamp ``last_push_at`` or ``last_pull_at`` (throttled; never waits for a lock that a
+    long transaction holds on the row, as no sync engine transaction locks it)."""
+    if column not in ("last_push_at", "last_pull_at"):
+        raise ValueError(f"not a sync timestamp: {column}")
+    loaded = getattr(device, column)
+    if loaded is not None and now - loaded < TOUCH_INTERVAL:
+        return
+    stale = Q(**{f"{column}__isnull": True}) | Q(**{f"{column}__lt": now - TOUCH_INTERVAL})
+    Device.objects.filter(stale, pk=device.pk).update(**{column: now})
+    setattr(device, column, now)
 
 
 def device_deactivate(device_id: uuid.UUID) -> int:

@@ -1,5 +1,6 @@
-"""The one place where errors become HTTP responses: ``DomainError`` and DRF's own errors
-all answer ``{"code": "<snake_case>", "detail": "<human text>"}`` (contract)."""
+"""The one place where errors become HTTP responses: a domain's refusal (a ``DomainError``
+subclass, whose ``refusal`` kind decides the status) and DRF's own errors all answer
+``{"code": "<snake_case>", "detail": "<human text>"}`` (contract)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,29 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from common.exceptions import DomainError
+from common.exceptions import DomainError, Refusal
+
+HTTP_STATUS: dict[Refusal, int] = {
+    Refusal.INVALID: 400,
+    Refusal.NOT_AUTHENTICATED: 401,
+    Refusal.FORBIDDEN: 403,
+    Refusal.NOT_FOUND: 404,
+    Refusal.METHOD_NOT_ALLOWED: 405,
+    Refusal.CONFLICT: 409,
+    Refusal.GONE: 410,
+    Refusal.PRECONDITION_FAILED: 412,
+    Refusal.TOO_LARGE: 413,
+    Refusal.UNSUPPORTED_MEDIA_TYPE: 415,
+    Refusal.LOCKED: 423,
+    # tus' checksum extension: "460 Checksum Mismatch".
+    Refusal.CHECKSUM_MISMATCH: 460,
+    Refusal.UNAVAILABLE: 503,
+}
+
+
+def http_status(exc: DomainError) -> int:
+    return HTTP_STATUS[exc.refusal]
+
 
 _DRF_CODES: dict[type[Exception], str] = {
     drf_exceptions.NotAuthenticated: "not_authenticated",
@@ -37,7 +60,7 @@ def _flatten(detail: Any) -> str:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler: DomainError and DRF's own errors become {code, detail}."""
     if isinstance(exc, DomainError):
-        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
+        return Response({"code": exc.code, "detail": exc.detail}, status=http_status(exc))
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     response = exception_handler(exc, context)

@@ -1,19 +1,40 @@
-"""The one exception type for every client-facing rejection (mapped to HTTP in
-``common.errors``). Every error body is ``{"code": "<snake_case>", "detail": "<text>"}``."""
+"""Refusals a client can cause. Each domain raises its own subclass of ``DomainError``
+(``AccountError``, ``SyncError``, ``ConflictError``, ``UploadError``) and says what kind of
+refusal it is; ``common.errors`` alone turns the kind into an HTTP status. Every error body
+is ``{"code": "<snake_case>", "detail": "<text>"}``."""
 
 from __future__ import annotations
 
 import uuid
+from enum import StrEnum
+
+
+class Refusal(StrEnum):
+    """What kind of refusal an error is, in the domain's words (not HTTP's)."""
+
+    INVALID = "invalid"  # the request itself is wrong
+    NOT_AUTHENTICATED = "not_authenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"  # also: exists, but out of the caller's scope
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"  # with the current state (already resolved, offset moved on)
+    GONE = "gone"  # existed, never will again (expired cursor or upload)
+    PRECONDITION_FAILED = "precondition_failed"  # a protocol version we do not speak
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    LOCKED = "locked"  # someone else is working on it right now; retry
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    UNAVAILABLE = "unavailable"  # a service behind us is down; retry
 
 
 class DomainError(Exception):
-    """A refusal a client can cause; ``status`` is the HTTP status when it ends a request."""
+    """A refusal a client can cause; ``refusal`` says which kind."""
 
-    def __init__(self, code: str, detail: str, status: int = 400) -> None:
+    def __init__(self, code: str, detail: str, refusal: Refusal = Refusal.INVALID) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
-        self.status = status
+        self.refusal = refusal
 
 
 def uuid_or_404(value: str, what: str) -> uuid.UUID:
@@ -21,4 +42,4 @@ def uuid_or_404(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError as exc:
-        raise DomainError("not_found", f"no such {what}", status=404) from exc
+        raise DomainError("not_found", f"no such {what}", Refusal.NOT_FOUND) from exc

@@ -21,9 +21,6 @@ class Resolution(models.TextChoices):
     CUSTOM = "custom"
 
 
-DELETED_FIELD = "__deleted__"
-
-
 class Conflict(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")

@@ -9,15 +9,15 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from common.exceptions import DomainError
 from common.logging import log_event
-from conflicts.models import DELETED_FIELD, Conflict, ConflictStatus, Resolution
+from conflicts.exceptions import ConflictError, Refusal
+from conflicts.models import Conflict, ConflictStatus, Resolution
 from conflicts.selectors import conflicts_visible_to
 from operations.models import EventKind
 from operations.recording import Author, ChangeSet
 from workorders.fields import FieldError, Json
 from workorders.models import SyncedRecord
-from workorders.registry import ENTITIES, EntitySpec
+from workorders.registry import DELETED, ENTITIES, EntitySpec
 
 _NO_VALUE = object()
 
@@ -28,7 +28,7 @@ def conflict_resolve(
     """Settle a conflict with the server's value, the client's, or a custom one; returns the
     conflict and the record's version after the resolution."""
     if choice not in Resolution.values:
-        raise DomainError("invalid_choice", "choice must be server, client or custom")
+        raise ConflictError("invalid_choice", "choice must be server, client or custom")
     with transaction.atomic():
         conflict = (
             conflicts_visible_to(user)
@@ -37,14 +37,16 @@ def conflict_resolve(
             .first()
         )
         if conflict is None:
-            raise DomainError("not_found", "no such conflict", status=404)
+            raise ConflictError("not_found", "no such conflict", Refusal.NOT_FOUND)
         if conflict.status == ConflictStatus.RESOLVED:
-            raise DomainError("already_resolved", "this conflict was already resolved", status=409)
+            raise ConflictError(
+                "already_resolved", "this conflict was already resolved", Refusal.CONFLICT
+            )
         spec = ENTITIES[conflict.entity]
         changes = ChangeSet(conflict.organization_id)
         record = changes.lock([(spec.name, conflict.entity_id)])[(spec.name, conflict.entity_id)]
         author = Author(actor_id=user.pk)
-        if conflict.field == DELETED_FIELD:
+        if conflict.field == DELETED:
             resolved_value = _resolve_deleted(changes, spec, record, conflict, choice, author)
         else:
             resolved_value = _resolve_field(changes, spec, record, conflict, choice, value, author)
@@ -82,11 +84,11 @@ def _resolve_field(
         target = conflict.client_value
     else:
         if value is _NO_VALUE:
-            raise DomainError("invalid_value", "a custom resolution needs a value")
+            raise ConflictError("invalid_value", "a custom resolution needs a value")
         try:
             target = spec.fields[conflict.field].kind.parse(value)
         except FieldError as exc:
-            raise DomainError(exc.code, f"{conflict.field}: {exc.detail}") from exc
+            raise ConflictError(exc.code, f"{conflict.field}: {exc.detail}") from exc
     if target == current or record.deleted:
         changes.note(spec, record, author, EventKind.RESOLVE)
     else:
@@ -104,7 +106,7 @@ def _resolve_deleted(
 ) -> Json:
     """``__deleted__``: the server keeps it deleted, or the client's edit restores it."""
     if choice == Resolution.CUSTOM:
-        raise DomainError("invalid_choice", "an edit of a deleted record is kept or dropped")
+        raise ConflictError("invalid_choice", "an edit of a deleted record is kept or dropped")
     if choice == Resolution.SERVER or not record.deleted:
         changes.note(spec, record, author, EventKind.RESOLVE)
         return True

@@ -1,16 +1,22 @@
-"""The media domain's refusals: a ``DomainError`` that may carry protocol headers (tus
-answers a 409 with the true ``Upload-Offset``, a 412 with ``Tus-Version``)."""
+"""The media domain's refusals: an ``UploadError`` may carry protocol headers (tus answers a
+409 with the true ``Upload-Offset``, a 412 with ``Tus-Version``)."""
 
 from __future__ import annotations
 
-from common.exceptions import DomainError
+from common.exceptions import DomainError, Refusal
+
+__all__ = ["BodyInterrupted", "Refusal", "UploadError"]
 
 
 class UploadError(DomainError):
     def __init__(
-        self, code: str, detail: str, status: int = 400, headers: dict[str, str] | None = None
+        self,
+        code: str,
+        detail: str,
+        refusal: Refusal = Refusal.INVALID,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(code, detail, status)
+        super().__init__(code, detail, refusal)
         self.headers = headers or {}
 
 

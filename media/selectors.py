@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from accounts.models import User
-from media.exceptions import UploadError
+from media.exceptions import Refusal, UploadError
 from media.models import Attachment, Upload, UploadStatus
 from media.storage import presigned_get
-from workorders.fields import Json
-from workorders.models import WorkOrder
+from workorders.scope import Scope
 
 # Failures after which an upload takes nothing more: HEAD and PATCH answer 410 Gone.
 GONE_CODES = frozenset({"expired", "terminated"})
@@ -19,11 +19,12 @@ def upload_visible(user: User, upload: Upload) -> bool:
     """Scope: a dispatcher sees the organisation's uploads; a technician those of the work
     orders assigned to them, and always their own, so that evidence a technician was
     capturing when the work order was reassigned can still be finished."""
-    if upload.organization_id != user.org_id:
+    scope = Scope.of(user)
+    if upload.organization_id != scope.organization_id:
         return False
-    if user.is_dispatcher or upload.created_by_id == user.pk:
+    if scope.whole_organization or upload.created_by_id == user.pk:
         return True
-    return WorkOrder.objects.filter(pk=upload.work_order_id, assigned_to_id=user.pk).exists()
+    return scope.work_orders().filter(pk=upload.work_order_id).exists()
 
 
 def upload_for_user(user: User, upload_id: uuid.UUID) -> Upload:
@@ -31,7 +32,7 @@ def upload_for_user(user: User, upload_id: uuid.UUID) -> Upload:
     leaks)."""
     upload = Upload.objects.filter(pk=upload_id).first()
     if upload is None or not upload_visible(user, upload):
-        raise UploadError("not_found", "no such upload", 404)
+        raise UploadError("not_found", "no such upload", Refusal.NOT_FOUND)
     return upload
 
 
@@ -41,35 +42,53 @@ def upload_gone(upload: Upload) -> UploadError | None:
         return UploadError(
             f"upload_{upload.code}",
             f"this upload was {upload.code}; start again with a new attachment_id",
-            410,
+            Refusal.GONE,
         )
     return None
 
 
-def attachment_status(user: User, attachment_id: uuid.UUID) -> dict[str, Json]:
-    """``GET /api/v1/attachments/<id>``: where the file is on its way to being attached."""
+@dataclass(frozen=True)
+class AttachmentStatus:
+    """Where a file is on its way to being attached (``GET /api/v1/attachments/<id>``)."""
+
+    id: uuid.UUID
+    work_order_id: uuid.UUID
+    filename: str
+    content_type: str
+    kind: str
+    size: int
+    offset: int
+    sha256: str | None
+    note: str
+    status: str
+    code: str | None
+    detail: str | None
+    download_url: str | None
+
+
+def attachment_status(user: User, attachment_id: uuid.UUID) -> AttachmentStatus:
     try:
         upload = upload_for_user(user, attachment_id)
     except UploadError as exc:
-        raise UploadError("not_found", "no such attachment", 404) from exc
+        raise UploadError("not_found", "no such attachment", Refusal.NOT_FOUND) from exc
     note = upload.note
     download_url = None
     if upload.status == UploadStatus.ATTACHED:
         record = Attachment.objects.filter(pk=upload.pk).values_list("note", flat=True).first()
         note = upload.note if record is None else record
         download_url = presigned_get(upload.object_key)
-    return {
-        "id": str(upload.pk),
-        "work_order_id": str(upload.work_order_id),
-        "filename": upload.filename,
-        "content_type": upload.content_type,
-        "kind": upload.kind,
-        "size": upload.length,
-        "offset": upload.offset,
-        "sha256": upload.sha256 or upload.declared_sha256 or None,
-        "note": note,
-        "status": upload.status,
-        "code": upload.code or None,
-        "detail": upload.detail or None,
-        "download_url": download_url,
-    }
+    return AttachmentStatus(
+        id=upload.pk,
+        work_order_id=upload.work_order_id,
+        filename=upload.filename,
+        content_type=upload.content_type,
+        kind=upload.kind,
+        size=upload.length,
+        offset=upload.offset,
+        sha256=upload.sha256 or upload.declared_sha256 or None,
+        note=note,
+        status=upload.status,
+        code=upload.code or None,
+        detail=upload.detail or None,
+        download_url=download_url,
+    )

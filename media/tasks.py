@@ -8,12 +8,20 @@ from botocore.exceptions import BotoCoreError, ClientError
 from celery import shared_task
 from django.db import OperationalError
 
-from media.services import thumbnail_create, upload_finish, uploads_sweep
+from media.services import (
+    FINISH_UPLOAD_TASK,
+    SWEEP_UPLOADS_TASK,
+    THUMBNAIL_TASK,
+    thumbnail_create,
+    upload_finish,
+    uploads_sweep,
+)
 
 _TRANSIENT = (OperationalError, BotoCoreError, ClientError)
 
 
 @shared_task(
+    name=FINISH_UPLOAD_TASK,
     acks_late=True,
     autoretry_for=_TRANSIENT,
     retry_backoff=True,
@@ -24,11 +32,17 @@ def finish_upload_task(upload_id: str) -> str:
     return upload_finish(uuid.UUID(upload_id))
 
 
-@shared_task(acks_late=True, autoretry_for=_TRANSIENT, retry_backoff=True, max_retries=3)
+@shared_task(
+    name=THUMBNAIL_TASK,
+    acks_late=True,
+    autoretry_for=_TRANSIENT,
+    retry_backoff=True,
+    max_retries=3,
+)
 def make_thumbnail_task(upload_id: str) -> str:
     return thumbnail_create(uuid.UUID(upload_id))
 
 
-@shared_task(acks_late=True)
+@shared_task(name=SWEEP_UPLOADS_TASK, acks_late=True)
 def sweep_uploads_task() -> dict[str, int]:
     return vars(uploads_sweep())

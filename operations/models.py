@@ -71,6 +71,33 @@ class Operation(models.Model):
         return f"{self.op_id} {self.entity}.{self.action} seq={self.seq} ({self.status})"
 
 
+class DeviceSyncState(models.Model):
+    """Where the apply loop stands for one device: the sync engine's own row, apart from the
+    account's ``Device``, so an apply never locks the row that authentication, push and pull
+    read and stamp.
+
+    ``done_seq`` is the apply watermark: every op of this device with seq <= done_seq is
+    finished (applied, conflict or rejected), or was skipped as a gap (see ``skipped_seqs``).
+    The row is made on the device's first apply (or compaction, or refusal).
+    """
+
+    device = models.OneToOneField(
+        Device, primary_key=True, on_delete=models.CASCADE, related_name="sync_state"
+    )
+    done_seq = models.BigIntegerField(default=0)
+    # Set while the apply loop waits for a missing seq; cleared when it moves on.
+    gap_since = models.DateTimeField(null=True, blank=True)
+    gap_seq = models.BigIntegerField(null=True, blank=True)
+    skipped_seqs = models.JSONField(default=list, blank=True)
+    # Ops with seq <= this were compacted away; an unknown op at or below it is refused.
+    compacted_seq = models.BigIntegerField(default=0)
+    # The device's latest refused op, for support (sync health in the workspace).
+    last_error = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.device_id} done_seq={self.done_seq}"
+
+
 class EventKind(models.TextChoices):
     CREATE = "create"
     UPDATE = "update"

@@ -16,7 +16,7 @@ from django.db import transaction
 from operations.models import Event
 from operations.recording import Author, UserDirectory
 from workorders.fields import Json
-from workorders.registry import ENTITIES, EntitySpec
+from workorders.registry import DELETED, ENTITIES, EntitySpec
 
 BATCH = 1000
 
@@ -45,7 +45,7 @@ def replay(spec: EntitySpec, events: list[Event]) -> RebuiltRecord:
         author = Author(event.actor_id, event.device_id, event.op_id, event.seq)
         record.version = event.version
         for name, (_, new) in event.changes.items():
-            if name == "__deleted__":
+            if name == DELETED:
                 record.deleted = bool(new)
                 continue
             record.values[name] = new

@@ -23,7 +23,7 @@ from accounts.models import User
 from operations.models import Event, EventKind, FeedEntry, FeedKind, Operation
 from workorders.fields import Json
 from workorders.models import SyncedRecord, WorkOrder
-from workorders.registry import ENTITIES, WORK_ORDER, EntitySpec
+from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 
 # Advisory lock class for the feed (the second key is the organisation id).
 FEED_LOCK_CLASS = 0x46454544
@@ -148,7 +148,7 @@ class ChangeSet:
         diff: dict[str, list[Json]] = {k: [before[k], v] for k, v in changes.items()}
         if undelete:
             obj.deleted = False
-            diff["__deleted__"] = [True, False]
+            diff[DELETED] = [True, False]
         self._write(spec, obj)
         return self._record_event(spec, obj, kind, diff, author)
 
@@ -156,9 +156,7 @@ class ChangeSet:
         obj.version += 1
         obj.deleted = True
         self._write(spec, obj)
-        return self._record_event(
-            spec, obj, EventKind.DELETE, {"__deleted__": [False, True]}, author
-        )
+        return self._record_event(spec, obj, EventKind.DELETE, {DELETED: [False, True]}, author)
 
     def note(self, spec: EntitySpec, obj: SyncedRecord, author: Author, kind: EventKind) -> Event:
         """Record an event that changes no value (the record keeps its version)."""

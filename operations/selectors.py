@@ -11,10 +11,18 @@ from typing import Any
 from django.db.models import Count, Min, Q
 
 from accounts.models import Device, User
-from common.exceptions import DomainError
-from operations.models import FeedEntry, FeedKind, Operation, OpStatus, RetentionMark
+from operations.exceptions import Refusal, SyncError
+from operations.models import (
+    DeviceSyncState,
+    FeedEntry,
+    FeedKind,
+    Operation,
+    OpStatus,
+    RetentionMark,
+)
 from workorders.fields import Json
 from workorders.registry import ENTITIES
+from workorders.scope import Scope
 
 _CURSOR_PREFIX = "fs1:"
 
@@ -34,47 +42,37 @@ def cursor_decode(cursor: str | None) -> int:
                 return pos
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
-    raise DomainError("invalid_cursor", "cursor is not one this server issued")
-
-
-def op_outcome(op: Operation) -> dict[str, Json]:
-    return {
-        "op_id": str(op.op_id),
-        "device_id": str(op.device_id),
-        "seq": op.seq,
-        "status": op.status,
-        "version": op.version,
-        "overridden_fields": op.overridden_fields,
-        "conflict_ids": op.conflict_ids,
-        "code": op.code or None,
-        "detail": op.detail or None,
-    }
+    raise SyncError("invalid_cursor", "cursor is not one this server issued")
 
 
 def op_get_for_user(user: User, op_id: uuid.UUID) -> Operation:
     """An op its author can read, or any op of the organisation for a dispatcher."""
-    op = Operation.objects.filter(pk=op_id, organization_id=user.org_id).first()
-    if op is None or (op.user_id != user.pk and not user.is_dispatcher):
-        raise DomainError("not_found", "no such op", status=404)
+    scope = Scope.of(user)
+    op = Operation.objects.filter(pk=op_id, organization_id=scope.organization_id).first()
+    if op is None or not (scope.whole_organization or op.user_id == user.pk):
+        raise SyncError("not_found", "no such op", Refusal.NOT_FOUND)
     return op
 
 
-@dataclass
+@dataclass(frozen=True)
+class Change:
+    """The latest state of one record, as a device in this scope may see it."""
+
+    entity: str
+    entity_id: uuid.UUID
+    version: int
+    state: str  # live | deleted | revoked
+    fields: dict[str, Json]
+    op_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
 class PullPage:
-    changes: list[dict[str, Json]]
-    outcomes: list[dict[str, Json]]
+    changes: list[Change]
+    outcomes: list[Operation]
     last_done_seq: int
     cursor: str
     has_more: bool
-
-    def as_dict(self) -> dict[str, Json]:
-        return {
-            "changes": self.changes,
-            "outcomes": self.outcomes,
-            "last_done_seq": self.last_done_seq,
-            "cursor": self.cursor,
-            "has_more": self.has_more,
-        }
 
 
 def changes_since(user: User, device: Device, cursor: str | None, limit: int) -> PullPage:
@@ -86,24 +84,25 @@ def changes_since(user: User, device: Device, cursor: str | None, limit: int) ->
     after = cursor_decode(cursor)
     horizon = RetentionMark.objects.filter(id=1).values_list("horizon_pos", flat=True).first()
     if after and horizon and after < horizon:
-        raise DomainError(
+        raise SyncError(
             "cursor_expired",
             "this cursor is older than the retention horizon; resync from scratch (no cursor)",
-            status=410,
+            Refusal.GONE,
         )
     last_done = _last_done_seq(device)
+    scope = Scope.of(user)
     in_scope = Q(kind=FeedKind.RECORD)
-    if not user.is_dispatcher:
-        in_scope &= Q(assignee_id=user.pk) | Q(prev_assignee_id=user.pk)
+    if not scope.whole_organization:
+        in_scope &= Q(assignee_id=scope.technician_id) | Q(prev_assignee_id=scope.technician_id)
     entries = list(
-        FeedEntry.objects.filter(organization_id=user.org_id, pos__gt=after)
+        FeedEntry.objects.filter(organization_id=scope.organization_id, pos__gt=after)
         .filter(in_scope | Q(kind=FeedKind.OUTCOME, device_id=device.pk))
         .order_by("pos")[: limit + 1]
     )
     has_more = len(entries) > limit
     entries = entries[:limit]
     return PullPage(
-        changes=_changes(user, [e for e in entries if e.kind == FeedKind.RECORD]),
+        changes=_changes(scope, [e for e in entries if e.kind == FeedKind.RECORD]),
         outcomes=_outcomes([e for e in entries if e.kind == FeedKind.OUTCOME]),
         last_done_seq=last_done,
         cursor=cursor_encode(entries[-1].pos if entries else after),
@@ -113,14 +112,15 @@ def changes_since(user: User, device: Device, cursor: str | None, limit: int) ->
 
 def _last_done_seq(device: Device) -> int:
     """The watermark, lowered below any late op still pending under it (after a skip)."""
-    done = Device.objects.filter(pk=device.pk).values_list("done_seq", flat=True).first() or 0
+    state = DeviceSyncState.objects.filter(pk=device.pk).values_list("done_seq", flat=True)
+    done = state.first() or 0
     late = Operation.objects.filter(
         device_id=device.pk, status=OpStatus.PENDING, seq__lte=done
     ).aggregate(first=Min("seq"))["first"]
     return done if late is None else late - 1
 
 
-def _changes(user: User, entries: list[FeedEntry]) -> list[dict[str, Json]]:
+def _changes(scope: Scope, entries: list[FeedEntry]) -> list[Change]:
     latest: dict[tuple[str, Any], FeedEntry] = {}
     for entry in entries:  # only the latest state of a record is sent
         latest.pop((entry.entity, entry.entity_id), None)
@@ -133,33 +133,26 @@ def _changes(user: User, entries: list[FeedEntry]) -> list[dict[str, Json]]:
         spec = ENTITIES[entity]
         for obj in spec.model.objects.select_related(*spec.select_related).filter(pk__in=ids):
             records[(entity, obj.pk)] = obj
-    out: list[dict[str, Json]] = []
+    out: list[Change] = []
     for key, entry in latest.items():
         obj = records.get(key)
         if obj is None:
             continue
-        revoked = not user.is_dispatcher and entry.assignee_id != user.pk
+        revoked = not scope.assigned(entry.assignee_id)
         state = "revoked" if revoked else ("deleted" if obj.deleted else "live")
-        out.append(
-            {
-                "entity": key[0],
-                "entity_id": str(key[1]),
-                "version": obj.version,
-                "state": state,
-                "fields": {} if revoked else ENTITIES[key[0]].values(obj),
-                "op_id": None if entry.op_id is None else str(entry.op_id),
-            }
-        )
+        fields = {} if revoked else ENTITIES[key[0]].values(obj)
+        out.append(Change(key[0], key[1], obj.version, state, fields, entry.op_id))
     return out
 
 
-def _outcomes(entries: list[FeedEntry]) -> list[dict[str, Json]]:
+def _outcomes(entries: list[FeedEntry]) -> list[Operation]:
     ids = list(dict.fromkeys(e.op_id for e in entries))
     ops = Operation.objects.in_bulk(ids)
-    return [op_outcome(ops[i]) for i in ids if i in ops]
+    return [ops[i] for i in ids if i in ops]
 
 
 def device_health(device: Device) -> dict[str, Json]:
+    state = DeviceSyncState.objects.filter(pk=device.pk).first() or DeviceSyncState(device=device)
     counts = dict(
         Operation.objects.filter(device_id=device.pk)
         .values_list("status")
@@ -168,9 +161,11 @@ def device_health(device: Device) -> dict[str, Json]:
     )
     return {
         "device_id": str(device.pk),
-        "done_seq": device.done_seq,
-        "waiting_for_seq": device.gap_seq if device.gap_since else None,
-        "skipped_seqs": device.skipped_seqs,
+        "done_seq": state.done_seq,
+        "waiting_for_seq": state.gap_seq if state.gap_since else None,
+        "skipped_seqs": state.skipped_seqs,
+        "compacted_seq": state.compacted_seq,
+        "last_error": state.last_error,
         "pending": counts.get(OpStatus.PENDING, 0),
         "applied": counts.get(OpStatus.APPLIED, 0),
         "conflict": counts.get(OpStatus.CONFLICT, 0),

@@ -1,4 +1,5 @@
-"""Thin tasks: take ids, call one service, safe to run twice."""
+"""Thin tasks: take ids, call one service, safe to run twice. Services ring them by name
+(``common.doorbell``), so nothing below imports this module."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import uuid
 from celery import shared_task
 from django.db import OperationalError
 
-from operations.services import device_apply_pending, history_compact, ops_sweep
+from operations.services import APPLY_TASK, device_apply_pending, history_compact, ops_sweep
 
 
 @shared_task(
+    name=APPLY_TASK,
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,

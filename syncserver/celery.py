@@ -9,6 +9,9 @@ from celery.signals import task_postrun, task_prerun
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "syncserver.settings")
 
 app = Celery("syncserver")
+# The current app is per thread; the default is what every other thread (gunicorn's request
+# threads) sees, so `common.doorbell` rings this app's broker from any of them.
+app.set_default()
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 

@@ -16,7 +16,7 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "common.admin_apps.FieldsyncAdminConfig",  # django.contrib.admin, as the dispatchers see it
+    "workspace.apps.FieldsyncAdminConfig",  # django.contrib.admin, as the dispatchers see it
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "operations",
     "conflicts",
     "media",
+    "workspace",
 ]
 
 MIDDLEWARE = [

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from common.views import healthz, metrics, readyz
+from syncserver.health import healthz, metrics, readyz
 
 api_v1 = [
     path("", include("accounts.api.urls")),

@@ -32,6 +32,11 @@ def format_datetime(value: datetime) -> str:
     return text
 
 
+def display_value(value: Json) -> str:
+    """How a wire value reads to a person (in the workspace, in a record's history)."""
+    return "—" if value is None or value == "" else str(value)
+
+
 class FieldKind(Protocol):
     def parse(self, raw: Json) -> Json: ...
     def load(self, obj: models.Model, name: str) -> Json: ...

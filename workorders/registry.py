@@ -23,6 +23,10 @@ from workorders.fields import (
 )
 from workorders.models import ChecklistItem, Comment, Priority, Status, SyncedRecord, WorkOrder
 
+# The pseudo-field of a record's tombstone: an event's ``changes`` carry a delete as
+# {"__deleted__": [false, true]}, and an edit of a deleted record opens a conflict on it.
+DELETED = "__deleted__"
+
 
 class Rule(StrEnum):
     # Dispatcher-owned: a technician's concurrent edit is overridden (a dispatcher's applies).

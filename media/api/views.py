@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import socket
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
@@ -23,7 +19,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.http import http_date
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -31,10 +26,13 @@ from rest_framework.views import APIView
 
 from accounts.authentication import ApiTokenAuthentication
 from accounts.models import User
+from common.errors import http_status
 from common.exceptions import DomainError, uuid_or_404
 from common.logging import log_warning
-from media.exceptions import BodyInterrupted, UploadError
-from media.models import Kind, Upload, UploadStatus
+from media.api.body import RequestBody, read_timeout
+from media.api.serializers import AttachmentStatusSerializer
+from media.exceptions import Refusal, UploadError
+from media.models import Upload, UploadStatus
 from media.selectors import attachment_status, upload_for_user, upload_gone
 from media.services import Checksum, UploadMeta, upload_append, upload_create, upload_terminate
 
@@ -53,10 +51,6 @@ _ALLOWED_HEADERS = (
     f"X-HTTP-Method-Override, {_TUS_HEADERS}"
 )
 _EXPOSED_HEADERS = f"Location, {_TUS_HEADERS}"
-# Each read of a PATCH body asks for this much; pieces are joined into parts by the service.
-_PIECE = 1024 * 1024
-# A refused request's unread body is read and dropped up to this size (see RequestBody).
-_DRAIN_LIMIT = 16 * 1024 * 1024
 _MAX_TEXT = {"filename": 255, "content_type": 255, "note": 10_000}
 _REQUIRED_METADATA = ("attachment_id", "work_order_id", "filename", "content_type", "kind")
 
@@ -80,20 +74,20 @@ def _serve(request: HttpRequest, upload_id: str | None) -> HttpResponse:
     method = request.headers.get("X-HTTP-Method-Override", request.method or "").upper()
     body = RequestBody.of(request)
     try:
-        with _read_timeout(request):
+        with read_timeout(request):
             response = _route(request, method, upload_id, body)
     except DomainError as exc:
         response = _error(exc, method)
     except (BotoCoreError, ClientError) as exc:
         log_warning("upload.storage_error", error=repr(exc))
         unavailable = UploadError(
-            "storage_unavailable", "the object store did not answer; retry", 503
+            "storage_unavailable", "the object store did not answer; retry", Refusal.UNAVAILABLE
         )
         response = _error(unavailable, method)
         response["Retry-After"] = "5"
     finally:
         # A refusal, or a repeated POST answered without its body: read what is left.
-        with _read_timeout(request):
+        with read_timeout(request):
             body.drain()
         body.close()
     response["Tus-Resumable"] = TUS_VERSION
@@ -115,13 +109,15 @@ def _route(
         raise UploadError(
             "unsupported_tus_version",
             f"send Tus-Resumable: {TUS_VERSION}",
-            412,
+            Refusal.PRECONDITION_FAILED,
             {"Tus-Version": TUS_VERSION},
         )
     user = _authenticate(request)
     if upload_id is None:
         if method != "POST":
-            raise UploadError("method_not_allowed", f"{method} is not allowed here", 405)
+            raise UploadError(
+                "method_not_allowed", f"{method} is not allowed here", Refusal.METHOD_NOT_ALLOWED
+            )
         return _create(request, user, body)
     handlers: dict[str, Callable[[HttpRequest, User, uuid.UUID, RequestBody], HttpResponse]] = {
         "HEAD": _head,
@@ -130,11 +126,13 @@ def _route(
     }
     handler = handlers.get(method)
     if handler is None:
-        raise UploadError("method_not_allowed", f"{method} is not allowed here", 405)
+        raise UploadError(
+            "method_not_allowed", f"{method} is not allowed here", Refusal.METHOD_NOT_ALLOWED
+        )
     try:
         parsed = uuid.UUID(upload_id)
     except ValueError as exc:
-        raise UploadError("not_found", "no such upload", 404) from exc
+        raise UploadError("not_found", "no such upload", Refusal.NOT_FOUND) from exc
     return handler(request, user, parsed, body)
 
 
@@ -143,20 +141,26 @@ def _authenticate(request: HttpRequest) -> User:
     try:
         found = ApiTokenAuthentication().authenticate(Request(request))
     except AuthenticationFailed as exc:
-        raise UploadError("authentication_failed", str(exc.detail), 401, challenge) from exc
+        raise UploadError(
+            "authentication_failed", str(exc.detail), Refusal.NOT_AUTHENTICATED, challenge
+        ) from exc
     if found is None:
-        raise UploadError("not_authenticated", "send Authorization: Token <token>", 401, challenge)
+        raise UploadError(
+            "not_authenticated",
+            "send Authorization: Token <token>",
+            Refusal.NOT_AUTHENTICATED,
+            challenge,
+        )
     user, _ = found
-    user.org_id  # noqa: B018 - raises 403 for an account without an organisation
     return user
 
 
 def _error(exc: DomainError, method: str) -> HttpResponse:
     body = {"code": exc.code, "detail": exc.detail}
     response = (
-        HttpResponse(status=exc.status)
+        HttpResponse(status=http_status(exc))
         if method == "HEAD"
-        else JsonResponse(body, status=exc.status)
+        else JsonResponse(body, status=http_status(exc))
     )
     for name, value in getattr(exc, "headers", {}).items():
         response[name] = value
@@ -214,7 +218,9 @@ def _patch(
 ) -> HttpResponse:
     if request.content_type != OFFSET_OCTET_STREAM:
         raise UploadError(
-            "invalid_content_type", f"a PATCH body must be {OFFSET_OCTET_STREAM}", 415
+            "invalid_content_type",
+            f"a PATCH body must be {OFFSET_OCTET_STREAM}",
+            Refusal.UNSUPPORTED_MEDIA_TYPE,
         )
     offset = _header_int(request, "Upload-Offset")
     checksum = _checksum(request)
@@ -319,194 +325,12 @@ def _checksum(request: HttpRequest) -> Checksum | None:
     return Checksum(algorithm.lower(), digest)
 
 
-class RequestBody:
-    """A request body, read into the service's buffer (``BodySource``), at most once.
-
-    gunicorn answers a request whose body was left unread with ``Connection: keep-alive``
-    and then closes the connection when more than 64 KiB are left: the client's next
-    request on it fails. So a refused request drains a body of up to ``_DRAIN_LIMIT``
-    (a phone sends the whole chunk before it reads the answer anyway).
-    """
-
-    def __init__(
-        self,
-        readinto: Callable[[memoryview], int],
-        expected: int | None,
-        direct: SocketBody | None = None,
-    ) -> None:
-        self._readinto = readinto
-        self.expected = expected  # None: chunked, ends when the stream does
-        self.received = 0
-        self.direct = direct
-        self.broken = False  # the client stopped sending: nothing more will come
-
-    @classmethod
-    def of(cls, request: HttpRequest) -> RequestBody:
-        declared = request.META.get("CONTENT_LENGTH") or ""
-        if declared.isdigit():  # the server has refused a malformed one already
-            direct = SocketBody.of(request.META)
-            if direct is not None:
-                return cls(direct.readinto, int(declared), direct)
-            return cls(_copying_into(request.read), int(declared))
-        if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-            # Django reads at most CONTENT_LENGTH bytes (none here): read the server's
-            # de-chunked stream itself. The service bounds it by the bytes still missing.
-            return cls(_copying_into(request.META["wsgi.input"].read), None)
-        return cls.empty()
-
-    @classmethod
-    def empty(cls) -> RequestBody:
-        return cls(lambda buffer: 0, 0)
-
-    def readinto(self, buffer: memoryview) -> int:
-        if self.expected is not None:
-            buffer = buffer[: max(0, self.expected - self.received)]
-        if not len(buffer):
-            return 0
-        try:
-            received = self._readinto(buffer)
-        except Exception as exc:  # each WSGI server has its own errors for a broken body
-            self.broken = True
-            raise BodyInterrupted(repr(exc)) from exc
-        if not received and self.expected is not None:
-            self.broken = True
-            raise BodyInterrupted(f"body ended after {self.received} of {self.expected} bytes")
-        self.received += received
-        return received
-
-    def drain(self) -> None:
-        if self.broken or self.expected is None or self.expected - self.received > _DRAIN_LIMIT:
-            return  # gunicorn closes the connection; cheaper than reading it all
-        scratch = memoryview(bytearray(_PIECE))
-        with suppress(BodyInterrupted):
-            while self.readinto(scratch):
-                pass
-
-    def close(self) -> None:
-        if self.direct is not None:
-            self.direct.give_back()
-
-
-def _copying_into(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:
-    def readinto(buffer: memoryview) -> int:
-        data = read(min(len(buffer), _PIECE))
-        buffer[: len(data)] = data
-        return len(data)
-
-    return readinto
-
-
-class SocketBody:
-    """A gunicorn request body of known length, read straight from the socket.
-
-    gunicorn's reader layers copy every byte four or five times through BytesIO buffers,
-    and on this hardware each copy of a GiB costs most of a CPU-second. Here ``recv_into``
-    lands each byte once, in the service's part buffer; what gunicorn had already buffered
-    is taken first, its byte count is kept exact and unread bytes are handed back, so the
-    connection stays usable for the next request. Anything but gunicorn's plain
-    Content-Length body takes the portable path.
-    """
-
-    def __init__(self, body: Any, sock: socket.socket) -> None:
-        self.body = body
-        self.reader = body.reader
-        self.sock = sock
-        self.held = b""
-        self.taken = False
-
-    @classmethod
-    def of(cls, environ: dict[str, Any]) -> SocketBody | None:
-        try:
-            from gunicorn.http.body import Body, LengthReader  # type: ignore[import-untyped]
-            from gunicorn.http.unreader import SocketUnreader  # type: ignore[import-untyped]
-        except ImportError:
-            return None
-        body, sock = environ.get("wsgi.input"), environ.get("gunicorn.socket")
-        if (
-            isinstance(body, Body)
-            and isinstance(body.reader, LengthReader)
-            and isinstance(body.reader.unreader, SocketUnreader)
-            and isinstance(sock, socket.socket)
-        ):
-            return cls(body, sock)
-        return None
-
-    def _take_over(self) -> None:
-        """Take the body bytes gunicorn already holds (only when reading starts, so a
-        request refused before reading leaves gunicorn's state untouched)."""
-        self.taken = True
-        held = self.body.buf.getvalue()  # already counted off the reader, not yet returned
-        self.body.buf = io.BytesIO()
-        ahead = self.reader.unreader.take_buffered()
-        mine = ahead[: self.reader.length]
-        self.reader.unreader.unread(ahead[len(mine) :])  # a pipelined next request
-        self.reader.length -= len(mine)
-        self.held = held + mine
-
-    def give_back(self) -> None:
-        if self.held:
-            self.reader.unreader.unread(self.held)
-            self.reader.length += len(self.held)
-            self.held = b""
-
-    def readinto(self, buffer: memoryview) -> int:
-        if not self.taken:
-            self._take_over()
-        if self.held:
-            count = min(len(buffer), len(self.held))
-            buffer[:count] = self.held[:count]
-            self.held = self.held[count:]
-            return count
-        want = min(len(buffer), self.reader.length)
-        if want <= 0:
-            return 0
-        try:
-            received = self.sock.recv_into(buffer, want)
-        except Exception:
-            self.body.failed = True  # where the next request starts is now unknown
-            raise
-        self.reader.length -= received
-        return received
-
-
-@contextmanager
-def _read_timeout(request: HttpRequest) -> Iterator[None]:
-    """Under gunicorn, bound how long a read may wait: a phone that vanished without closing
-    its connection must not hold a thread and its upload's lock for hours."""
-    sock = request.META.get("gunicorn.socket")
-    if sock is None:
-        yield
-        return
-    previous = sock.gettimeout()
-    sock.settimeout(settings.UPLOADS_READ_TIMEOUT_SECONDS)
-    try:
-        yield
-    finally:
-        with suppress(OSError):  # the connection may already be gone
-            sock.settimeout(previous)
-
-
 # ============================================================================================
 # Attachment status (DRF, documented in the OpenAPI schema)
 # ============================================================================================
-class AttachmentStatusSerializer(serializers.Serializer):  # type: ignore[type-arg]
-    id = serializers.UUIDField()
-    work_order_id = serializers.UUIDField()
-    filename = serializers.CharField()
-    content_type = serializers.CharField()
-    kind = serializers.ChoiceField(choices=Kind.choices)
-    size = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    sha256 = serializers.CharField(allow_null=True)
-    note = serializers.CharField(allow_blank=True)
-    status = serializers.ChoiceField(choices=UploadStatus.choices)
-    code = serializers.CharField(allow_null=True)
-    detail = serializers.CharField(allow_null=True)
-    download_url = serializers.URLField(allow_null=True)
-
-
 class AttachmentView(APIView):
     @extend_schema(responses={200: AttachmentStatusSerializer})
     def get(self, request: Request, attachment_id: str) -> Response:
         assert isinstance(request.user, User)
-        return Response(attachment_status(request.user, uuid_or_404(attachment_id, "attachment")))
+        status = attachment_status(request.user, uuid_or_404(attachment_id, "attachment"))
+        return Response(AttachmentStatusSerializer(status).data)

@@ -246,7 +246,7 @@ def test_a_lost_doorbell_is_rung_again_by_the_sweep(
     tech: Phone, work_order: str, worker: CeleryWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an upload whose "finish" message never reached a worker
-    monkeypatch.setattr("media.services.ring_finish", lambda upload_id: None)
+    monkeypatch.setattr("media.services.appender.ring_after_commit", lambda task, *args: None)
     tus = TusClient(tech.client)
     attachment_id = attachment_id_of(tus.upload(work_order, payload(2000)))
     monkeypatch.undo()

@@ -465,9 +465,9 @@ def test_many_small_chunks_are_merged_into_few_segments_and_stay_intact(
     work_order: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("media.services.MAX_TAIL_SEGMENTS", 3)
+    monkeypatch.setattr("media.services.appender.MAX_TAIL_SEGMENTS", 3)
     # No worker is asked to finish: this test finishes the upload itself, below.
-    monkeypatch.setattr("media.services.ring_finish", lambda upload_id: None)
+    monkeypatch.setattr("media.services.appender.ring_after_commit", lambda task, *args: None)
     tus = tus_for(tech)
     data = payload(700_000)
     url = path_of(tus.create(work_order, len(data))["Location"])

@@ -8,9 +8,8 @@ from collections.abc import Callable
 import pytest
 from django.test import override_settings
 
-from accounts.models import Device
 from conflicts.models import Conflict
-from operations.models import Event, Operation, OpStatus
+from operations.models import DeviceSyncState, Event, Operation, OpStatus
 from tests.fixtures import Phone, apply_now, settled
 from workorders.models import Comment, WorkOrder
 
@@ -61,9 +60,9 @@ def test_a_gap_open_too_long_is_skipped_and_shown_in_device_health(dispatcher: P
     with override_settings(SYNC_GAP_TIMEOUT_SECONDS=0):
         apply_now()
     assert Operation.objects.get(pk=late["op_id"]).status == OpStatus.APPLIED
-    device = Device.objects.get(pk=dispatcher.device_id)
-    assert device.skipped_seqs == [[2, 2]]
-    assert device.done_seq == 3
+    state = DeviceSyncState.objects.get(device_id=dispatcher.device_id)
+    assert state.skipped_seqs == [[2, 2]]
+    assert state.done_seq == 3
 
 
 def test_a_late_op_never_overwrites_its_devices_later_op(dispatcher: Phone) -> None:
@@ -225,6 +224,6 @@ def test_device_health_shows_the_last_refusal(dispatcher: Phone) -> None:
     ghost = dispatcher.op("work_order", str(uuid.uuid4()), "update", 1, title="who?")
     dispatcher.push(ghost)
     apply_now()
-    device = Device.objects.get(pk=dispatcher.device_id)
-    assert device.last_error.startswith("not_found:")
-    assert str(ghost["op_id"]) in device.last_error
+    state = DeviceSyncState.objects.get(device_id=dispatcher.device_id)
+    assert state.last_error.startswith("not_found:")
+    assert str(ghost["op_id"]) in state.last_error

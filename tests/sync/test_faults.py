@@ -18,7 +18,7 @@ from django.test import override_settings
 from operations.models import Event, Operation, OpStatus
 from operations.projection import projection_check
 from operations.services import ops_sweep, ring_device
-from operations.tasks import apply_device_ops_task
+from syncserver import celery_app
 from tests.fixtures import Phone, apply_now, settled
 from tests.helpers import wait_until
 
@@ -98,7 +98,7 @@ def test_a_push_while_redis_is_unreachable_is_still_accepted(dispatcher: Phone) 
     wo = _work_orders(dispatcher, 1)[0]
     op = dispatcher.op("work_order", wo, "update", 1, title="offline broker")
     refused = kombu.exceptions.OperationalError("Error 111 connecting to redis: refused")
-    with mock.patch.object(apply_device_ops_task, "apply_async", side_effect=refused):
+    with mock.patch.object(celery_app, "send_task", side_effect=refused):
         [result] = dispatcher.push(op)
     assert result["status"] == "accepted"
     assert Operation.objects.get(pk=op["op_id"]).status == OpStatus.PENDING

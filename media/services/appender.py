@@ -1,0 +1,343 @@
+"""Appending a PATCH body to an upload (tus core + checksum).
+
+Durability rule: an upload's ``offset`` only moves in a transaction that runs after the
+object store has acknowledged the bytes it counts. Bytes arrive in any chunk size; they are
+stored as multipart parts of ``part_size`` when there are enough of them, and the rest as
+small "tail segment" objects (tusd's ``.part`` object, made append-only) that are merged into
+the next part. No process keeps state between requests: any web process can take the next
+chunk, and a restart of everything loses nothing that ``Upload-Offset`` counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from common.doorbell import ring_after_commit
+from common.logging import log_event, log_warning
+from media import storage
+from media.exceptions import BodyInterrupted, Refusal, UploadError
+from media.models import Upload, UploadPart, UploadStatus
+from media.selectors import upload_for_user, upload_gone
+from media.services.locks import upload_lock
+from media.services.uploads import FINISH_UPLOAD_TASK
+from media.storage import ObjectStore, object_store
+
+# Past this many tail segments they are merged into one, so a client sending tiny chunks
+# cannot make a PATCH read thousands of objects.
+MAX_TAIL_SEGMENTS = 32
+
+
+class BodySource(Protocol):
+    """A request body, read into the caller's buffer (no copy on the way where it can be
+    helped). ``readinto`` returns 0 at the end and raises ``BodyInterrupted`` when the
+    client stops sending early."""
+
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A tus ``Upload-Checksum``: the digest of one PATCH body."""
+
+    algorithm: str
+    digest: bytes
+
+
+def upload_append(
+    user: User,
+    upload_id: uuid.UUID,
+    offset: int,
+    body: BodySource,
+    content_length: int | None,
+    checksum: Checksum | None = None,
+) -> Upload:
+    """Store a PATCH body at ``offset`` (tus core + checksum). Without a checksum, every
+    byte received is kept even if the client vanishes mid-body; with one, the body counts
+    only as a whole, once its digest matched."""
+    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS):
+        upload = upload_for_user(user, upload_id)
+        gone = upload_gone(upload)
+        if gone is not None:
+            raise gone
+        if offset != upload.offset:
+            raise UploadError(
+                "offset_mismatch",
+                f"the upload is at offset {upload.offset}, not {offset}",
+                Refusal.CONFLICT,
+                {"Upload-Offset": str(upload.offset)},
+            )
+        remaining = upload.length - upload.offset
+        if content_length is not None and content_length > remaining:
+            raise _too_long(upload)
+        if upload.status != UploadStatus.UPLOADING:
+            # Finished already: an empty PATCH (a retry after a lost answer) is fine.
+            if body.readinto(memoryview(bytearray(1))):
+                raise _too_long(upload)
+            return upload
+        with _buffers.borrow(upload.part_size) as buffer:
+            _append_body(upload, body, checksum, buffer)
+    return upload
+
+
+def _append_body(
+    upload: Upload, body: BodySource, checksum: Checksum | None, buffer: bytearray
+) -> None:
+    appender = _Appender(upload, object_store(), checksum, buffer)
+    try:
+        appender.pump(body)
+    except BodyInterrupted as exc:
+        if checksum is not None:
+            raise UploadError(
+                "body_incomplete", "the body ended early; nothing was kept", Refusal.INVALID
+            ) from exc
+        appender.finish()
+        raise UploadError(
+            "body_incomplete",
+            "the body ended early; the bytes received were kept",
+            Refusal.INVALID,
+            {"Upload-Offset": str(upload.offset)},
+        ) from exc
+    appender.verify()
+    appender.finish()
+
+
+def _too_long(upload: Upload) -> UploadError:
+    return UploadError(
+        "upload_length_exceeded",
+        f"the body goes past Upload-Length ({upload.length})",
+        Refusal.TOO_LARGE,
+        {"Upload-Offset": str(upload.offset)},
+    )
+
+
+class _Buffers:
+    """Part buffers reused from request to request. A new one must be zeroed and have every
+    page faulted in, a few milliseconds per 8 MiB here; a few idle ones per process are
+    kept (the rest are freed, so memory stays bounded)."""
+
+    def __init__(self, max_idle: int) -> None:
+        self.max_idle = max_idle
+        self._idle: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self, size: int) -> Iterator[bytearray]:
+        with self._lock:
+            idle = self._idle.get(size)
+            buffer = idle.pop() if idle else bytearray(size)
+        try:
+            yield buffer
+        finally:
+            with self._lock:
+                idle = self._idle.setdefault(size, [])
+                if len(idle) < self.max_idle:
+                    idle.append(buffer)
+
+
+_buffers = _Buffers(max_idle=2)
+
+
+class _Appender:
+    """Writes one PATCH body into parts and tail segments, and commits the offset.
+
+    The body is read straight into one part-sized buffer, reused for every part of the
+    request: on this hardware a copy of each byte costs about as much as sending it, so
+    bytes are not copied between pieces. The committed tail segments (``[start, size]``)
+    precede the received bytes: the front of the buffer (``reserved``) is kept for them and
+    they are fetched only when a full part is ready. Memory: one part per request.
+    """
+
+    def __init__(
+        self, upload: Upload, store: ObjectStore, checksum: Checksum | None, buffer: bytearray
+    ) -> None:
+        self.upload = upload
+        self.store = store
+        self.checksum = checksum
+        self.hasher = hashlib.new(checksum.algorithm) if checksum else None
+        self.buffer = buffer
+        self.view = memoryview(self.buffer)
+        self.tail: list[list[int]] = [list(seg) for seg in upload.tail]
+        self.tail_size = upload.tail_size
+        self.reserved = self.tail_size  # buffer[:reserved] is for the tail segments
+        self.filled = self.reserved  # received bytes are buffer[reserved:filled]
+        self.committed_parts = (upload.offset - self.tail_size) // upload.part_size
+        self.new_parts: list[UploadPart] = []  # uploaded, not committed yet
+        self.spent: list[list[int]] = []  # segments merged into uploaded objects
+        self.received = 0
+        self.limit = upload.length - upload.offset
+
+    @property
+    def stored_end(self) -> int:
+        """File offset up to which bytes are in the object store (the buffer starts here)."""
+        return (self.committed_parts + len(self.new_parts)) * self.upload.part_size + (
+            self.tail_size
+        )
+
+    @property
+    def pending(self) -> int:
+        return self.filled - self.reserved
+
+    def pump(self, body: BodySource) -> None:
+        """Read the body to its end, uploading each part as it fills."""
+        part_size = self.upload.part_size
+        while True:
+            if self.filled == part_size:
+                self._upload_part(self._assemble())
+                self.filled = 0
+                if self.checksum is None:
+                    self._commit()
+            received = body.readinto(self.view[self.filled :])
+            if not received:
+                return
+            if self.hasher is not None:
+                self.hasher.update(self.view[self.filled : self.filled + received])
+            self.filled += received
+            self.received += received
+            if self.received > self.limit:
+                raise _too_long(self.upload)
+
+    def verify(self) -> None:
+        if self.checksum is None or self.hasher is None:
+            return
+        if self.hasher.digest() != self.checksum.digest:
+            raise UploadError(
+                "checksum_mismatch",
+                f"the body does not match its {self.checksum.algorithm} Upload-Checksum",
+                Refusal.CHECKSUM_MISMATCH,
+                {"Upload-Offset": str(self.upload.offset)},
+            )
+
+    def finish(self) -> None:
+        """Store what is left of the body and commit (the whole upload, if this was the
+        last byte)."""
+        if self.stored_end + self.pending == self.upload.length:
+            self._store_last_bytes()
+            self._commit(final=True)
+        elif self.pending:
+            self._store_segment()
+            self._commit()
+        elif self.new_parts:
+            self._commit()
+
+    # --- storing ----------------------------------------------------------------------
+    def _assemble(self) -> bytearray | bytes:
+        """The buffer with the tail segments fetched into its front: the next object."""
+        position = 0
+        for start, size in self.tail:
+            data = self.store.get(storage.segment_key(self.upload.id, start, size))
+            if len(data) != size:
+                raise RuntimeError(f"tail segment {start}-{size} of {self.upload.id} is damaged")
+            self.view[position : position + size] = data
+            position += size
+        self.spent += self.tail
+        self.tail, self.tail_size, self.reserved = [], 0, 0
+        # A whole part goes as the buffer itself; anything shorter as a copy of its bytes.
+        return self.buffer if self.filled == len(self.buffer) else bytes(self.view[: self.filled])
+
+    def _upload_part(self, data: bytearray | bytes) -> None:
+        self._ensure_multipart()
+        number = self.committed_parts + len(self.new_parts) + 1
+        etag = self.store.upload_part(
+            self.upload.object_key, self.upload.multipart_id, number, data
+        )
+        self.new_parts.append(
+            UploadPart(upload=self.upload, number=number, etag=etag, size=len(data))
+        )
+
+    def _ensure_multipart(self) -> None:
+        if self.upload.multipart_id:
+            return
+        multipart_id = self.store.create_multipart(
+            self.upload.object_key, self.upload.content_type, self.upload.filename
+        )
+        # Recorded at once (even before a checksum is known): it names no bytes, and a
+        # later PATCH must add its parts to this multipart upload, not start another.
+        Upload.objects.filter(pk=self.upload.pk, multipart_id="").update(multipart_id=multipart_id)
+        self.upload.multipart_id = multipart_id
+
+    def _store_last_bytes(self) -> None:
+        data = self._assemble()
+        self.filled = 0
+        if self.upload.multipart_id or self.committed_parts or self.new_parts:
+            if data:
+                self._upload_part(data)
+        else:
+            # The whole file is smaller than a part: one plain object, no multipart.
+            self.store.put_file(
+                self.upload.object_key, bytes(data), self.upload.content_type, self.upload.filename
+            )
+
+    def _store_segment(self) -> None:
+        if len(self.tail) >= MAX_TAIL_SEGMENTS:
+            start = self.tail[0][0]
+            data = bytes(self._assemble())
+        else:
+            start = self.stored_end
+            data = bytes(self.view[self.reserved : self.filled])
+        self.store.put(storage.segment_key(self.upload.id, start, len(data)), data)
+        self.tail.append([start, len(data)])
+        self.tail_size += len(data)
+        self.reserved = self.filled = self.tail_size
+
+    # --- committing -------------------------------------------------------------------
+    def _commit(self, final: bool = False) -> None:
+        upload = self.upload
+        now = timezone.now()
+        # The last part may be short, and a small file is one plain object: count by length.
+        new_offset = upload.length if final else self.stored_end
+        changes: dict[str, object] = {
+            "offset": new_offset,
+            "tail": [list(segment) for segment in self.tail],
+            "last_activity_at": now,
+        }
+        if final:
+            changes |= {"status": UploadStatus.VERIFYING, "status_changed_at": now}
+        with transaction.atomic():
+            UploadPart.objects.bulk_create(self.new_parts)
+            # Conditional on the offset we started from: belt and braces behind the lock.
+            moved = Upload.objects.filter(
+                pk=upload.pk, offset=upload.offset, status=UploadStatus.UPLOADING
+            ).update(**changes)
+            if moved != 1:
+                raise UploadError(
+                    "offset_mismatch", "the upload moved under us; retry", Refusal.CONFLICT
+                )
+            if final:
+                ring_after_commit(FINISH_UPLOAD_TASK, str(upload.pk))
+        for name, value in changes.items():
+            setattr(upload, name, value)
+        self.committed_parts += len(self.new_parts)
+        self.new_parts = []
+        self._delete_spent()
+        log_event(
+            "upload.stored" if not final else "upload.complete",
+            upload_id=str(upload.pk),
+            offset=new_offset,
+            length=upload.length,
+        )
+
+    def _delete_spent(self) -> None:
+        spent, self.spent = self.spent, []
+        if not spent:
+            return
+        try:
+            self.store.delete_many(
+                [storage.segment_key(self.upload.id, start, size) for start, size in spent]
+            )
+        except (BotoCoreError, ClientError) as exc:
+            # Garbage only: the whole tail prefix is deleted when the upload ends.
+            log_warning(
+                "upload.segment_delete_failed", upload_id=str(self.upload.id), error=repr(exc)
+            )

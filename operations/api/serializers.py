@@ -1,0 +1,83 @@
+"""The sync wire shapes (contract: push, pull, op outcome). Each serializer both renders
+its response and documents it in the OpenAPI schema, so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from common.serializers import BlankAsNullCharField
+from operations.models import OpStatus
+
+
+class OpSerializer(serializers.Serializer[dict[str, Any]]):
+    """One op as a phone queues it (documented only: the push view checks ops itself, so
+    that one bad op is answered per op instead of failing the batch)."""
+
+    op_id = serializers.UUIDField()
+    seq = serializers.IntegerField(min_value=1)
+    entity = serializers.CharField()
+    entity_id = serializers.UUIDField()
+    action = serializers.ChoiceField(["create", "update", "delete"])
+    base_version = serializers.IntegerField(min_value=0)
+    # DRF's metaclass takes declared fields off the class, so this never shadows
+    # ``Serializer.fields`` at run time; only the type checker sees the clash.
+    fields = serializers.DictField(required=False)  # type: ignore[assignment]
+    client_time = serializers.DateTimeField(required=False)
+
+
+class PushRequestSerializer(serializers.Serializer[dict[str, Any]]):
+    device_id = serializers.UUIDField()
+    ops = OpSerializer(many=True)
+
+
+class OpResultSerializer(serializers.Serializer[Any]):
+    """A push's answer for one op; ``code`` and ``detail`` only when it was rejected."""
+
+    # As sent, whatever it was: an op whose op_id is no UUID is still answered in its place.
+    op_id = serializers.JSONField()
+    status = serializers.ChoiceField(["accepted", "duplicate", "rejected"])
+    code = serializers.CharField(required=False)
+    detail = serializers.CharField(required=False)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        out: dict[str, Any] = super().to_representation(instance)
+        if not instance.code:
+            del out["code"], out["detail"]
+        return out
+
+
+class PushResponseSerializer(serializers.Serializer[Any]):
+    results = OpResultSerializer(many=True)
+
+
+class OpOutcomeSerializer(serializers.Serializer[Any]):
+    op_id = serializers.UUIDField()
+    device_id = serializers.UUIDField()
+    seq = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(OpStatus.values)
+    version = serializers.IntegerField(allow_null=True)
+    overridden_fields = serializers.ListField(child=serializers.CharField())
+    conflict_ids = serializers.ListField(child=serializers.UUIDField())
+    code = BlankAsNullCharField()
+    detail = BlankAsNullCharField()
+
+
+class ChangeSerializer(serializers.Serializer[Any]):
+    entity = serializers.CharField()
+    entity_id = serializers.UUIDField()
+    version = serializers.IntegerField()
+    state = serializers.ChoiceField(["live", "deleted", "revoked"])
+    fields = serializers.DictField(  # type: ignore[assignment] # see OpSerializer.fields
+        help_text="the whole current record; {} when revoked"
+    )
+    op_id = serializers.UUIDField(allow_null=True)
+
+
+class PullResponseSerializer(serializers.Serializer[Any]):
+    changes = ChangeSerializer(many=True)
+    outcomes = OpOutcomeSerializer(many=True)
+    last_done_seq = serializers.IntegerField()
+    cursor = serializers.CharField()
+    has_more = serializers.BooleanField()

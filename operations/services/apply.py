@@ -1,0 +1,379 @@
+"""Apply: a device's pending ops, in seq order, with the per-field merge rules.
+
+One transaction per batch: the device's sync state row is locked (so one worker at a time
+walks a device's ops), the records the batch touches are locked in one global order, and
+the new record states, events, conflicts, op outcomes and feed entries are written together.
+An op is applied at most once whatever the workers do: its event is unique per op.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import User
+from common.logging import log_event, log_warning
+from conflicts.models import Conflict
+from operations.history import record_values_at
+from operations.merge import merge_fields
+from operations.models import DeviceSyncState, Operation, OpStatus
+from operations.recording import Author, ChangeSet
+from operations.services.state import note_last_error, sync_state_lock
+from operations.validation import OpRejection
+from workorders.fields import Json, Username
+from workorders.models import SyncedRecord
+from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
+from workorders.scope import Scope
+
+RecordKey = tuple[str, uuid.UUID]
+
+
+@dataclass
+class _Batch:
+    user: User
+    scope: Scope
+    ops: list[Operation]
+    changes: ChangeSet
+    records: dict[RecordKey, Any] = field(default_factory=dict)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+def device_apply_pending(device_id: uuid.UUID, max_batches: int = 100) -> int:
+    """Apply a device's pending ops in seq order, in batches; returns how many finished.
+
+    Safe to run in several workers at once: each batch holds the device's sync state lock, and an
+    op can only be applied once (its status flips from pending in the same transaction that
+    writes its event, which is unique per op).
+    """
+    finished = 0
+    for _ in range(max_batches):
+        try:
+            done, more = _apply_batch(device_id, careful=False)
+        except Exception as exc:  # noqa: BLE001 - an unexpected bug in one op
+            # Retry the batch op by op in savepoints, so one poisoned op is rejected with
+            # ``internal_error`` instead of blocking every op behind it.
+            log_warning("apply.batch_failed", device_id=str(device_id), error=repr(exc))
+            done, more = _apply_batch(device_id, careful=True)
+        finished += done
+        if not more:
+            break
+    return finished
+
+
+def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
+    logs: list[Operation] = []
+    with transaction.atomic():
+        state = sync_state_lock(device_id)
+        if state is None:
+            return 0, False
+        device = state.device
+        candidates = list(
+            Operation.objects.filter(device_id=device.pk)
+            .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=state.done_seq))
+            .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
+        )
+        watermark = state.done_seq
+        runnable = _runnable(state, candidates)
+        progressed = bool(runnable) or state.done_seq > watermark
+        state.save(update_fields=["done_seq", "gap_since", "gap_seq", "skipped_seqs"])
+        if runnable:
+            changes = ChangeSet(device.organization_id, immediate=careful)
+            batch = _Batch(device.user, Scope.of(device.user), runnable, changes)
+            _load_records(batch)
+            for op in runnable:
+                _apply_guarded(batch, op, careful)
+            note_last_error(device.pk, runnable)
+            Conflict.objects.bulk_create(batch.conflicts)
+            _save_outcomes(runnable)
+            for op in runnable:
+                batch.changes.outcome(op)
+            batch.changes.flush()
+            logs = runnable
+    if logs:
+        log_event(
+            "ops.finished",
+            device_id=str(device_id),
+            done_seq=state.done_seq,
+            ops=[
+                [str(op.op_id), op.seq, op.status, op.entity, str(op.entity_id), op.version,
+                 op.code, op.overridden_fields, op.conflict_ids]
+                for op in logs
+            ],
+        )  # fmt: skip
+    return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
+
+
+def _save_outcomes(ops: list[Operation]) -> None:
+    """One UPDATE for a batch's outcomes (Django's bulk_update builds a CASE per field per
+    row, which was half of the apply loop's time)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE operations_operation AS o
+            SET status = v.status, code = v.code, detail = v.detail, version = v.version,
+                overridden_fields = v.overridden, conflict_ids = v.conflicts,
+                finished_at = v.finished_at
+            FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::text[], %s::bigint[],
+                        %s::jsonb[], %s::jsonb[], %s::timestamptz[])
+                AS v(op_id, status, code, detail, version, overridden, conflicts, finished_at)
+            WHERE o.op_id = v.op_id
+            """,
+            [
+                [op.op_id for op in ops],
+                [op.status for op in ops],
+                [op.code for op in ops],
+                [op.detail for op in ops],
+                [op.version for op in ops],
+                [json.dumps(op.overridden_fields) for op in ops],
+                [json.dumps(op.conflict_ids) for op in ops],
+                [op.finished_at for op in ops],
+            ],
+        )
+
+
+def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Operation]:
+    """Walk the device's ops in seq order and advance its ``done_seq`` watermark.
+
+    An op waits for seq - 1; an op rejected at push counts as finished; a gap still open
+    after SYNC_GAP_TIMEOUT_SECONDS is skipped (and remembered in ``skipped_seqs``).
+    Ops at or below the watermark are late arrivals after a skip: they run, but never
+    overwrite fields that the device's later ops wrote (see ``merge_fields``).
+    """
+    now = timezone.now()
+    expected = state.done_seq + 1
+    runnable: list[Operation] = []
+    for op in candidates:
+        assert op.seq is not None
+        if op.seq > expected:
+            if state.gap_seq != expected or state.gap_since is None:
+                state.gap_seq, state.gap_since = expected, now
+            waited = (now - state.gap_since).total_seconds()
+            if waited < settings.SYNC_GAP_TIMEOUT_SECONDS:
+                break
+            state.skipped_seqs = [*state.skipped_seqs, [expected, op.seq - 1]][-100:]
+            log_warning(
+                "device.gap_skipped",
+                device_id=str(state.pk),
+                first=expected,
+                last=op.seq - 1,
+                waited_seconds=round(waited),
+            )
+            expected = op.seq
+        if op.seq == expected:
+            expected += 1
+        if op.status == OpStatus.PENDING:
+            runnable.append(op)
+    else:
+        state.gap_since = None
+    if expected - 1 > state.done_seq:
+        state.done_seq = expected - 1
+        if state.gap_seq is not None and state.gap_seq < expected:
+            state.gap_seq, state.gap_since = None, None
+    return runnable
+
+
+def _load_records(batch: _Batch) -> None:
+    """Lock every record the batch touches, with the parent work orders, in global order."""
+    keys: set[RecordKey] = set()
+    for op in batch.ops:
+        assert op.entity_id is not None
+        keys.add((op.entity, op.entity_id))
+        spec = ENTITIES[op.entity]
+        if spec.parent_field is not None and op.action == "create":
+            parent = op.fields.get(spec.parent_field)
+            if isinstance(parent, str):
+                keys.add((WORK_ORDER.name, uuid.UUID(parent)))
+    # Parents of existing children are read first without a lock (a parent never changes),
+    # so all row locks can then be taken in one global order.
+    for name, spec in ENTITIES.items():
+        if spec.parent_field is None:
+            continue
+        ids = [k[1] for k in keys if k[0] == name]
+        if ids:
+            attr = spec.fields[spec.parent_field].attr(spec.parent_field)
+            parents = spec.model.objects.filter(pk__in=ids).values_list(attr, flat=True)
+            keys.update((WORK_ORDER.name, p) for p in parents)
+    batch.records = batch.changes.lock(keys)
+
+
+def _apply_guarded(batch: _Batch, op: Operation, careful: bool) -> None:
+    op.finished_at = timezone.now()
+    try:
+        if careful:
+            _apply_isolated(batch, op)
+        else:
+            _apply_one(batch, op)
+    except OpRejection as rejection:
+        op.status = OpStatus.REJECTED
+        op.code = rejection.code
+        op.detail = rejection.detail
+        assert op.entity_id is not None
+        record = batch.records.get((op.entity, op.entity_id))
+        op.version = record.version if record is not None and _visible(batch, record) else None
+
+
+def _apply_isolated(batch: _Batch, op: Operation) -> None:
+    """Apply one op in a savepoint; on an unexpected error undo its in-memory traces too."""
+    events, conflicts = len(batch.changes.events), len(batch.conflicts)
+    assert op.entity_id is not None
+    key = (op.entity, op.entity_id)
+    existed = key in batch.records
+    try:
+        with transaction.atomic():
+            _apply_one(batch, op)
+    except OpRejection:
+        raise
+    except Exception as exc:
+        log_warning("op.internal_error", op_id=str(op.op_id), error=repr(exc))
+        del batch.changes.events[events:]
+        del batch.conflicts[conflicts:]
+        if existed:
+            batch.records[key].refresh_from_db()
+        else:
+            batch.records.pop(key, None)
+        raise OpRejection("internal_error", "the server could not apply this op") from exc
+
+
+def _apply_one(batch: _Batch, op: Operation) -> None:
+    spec = ENTITIES[op.entity]
+    assert op.entity_id is not None and op.seq is not None and op.base_version is not None
+    record = batch.records.get((op.entity, op.entity_id))
+    author = Author.for_op(op)
+    if op.action == "create":
+        if record is not None:
+            raise OpRejection("entity_exists", f"{op.entity} {op.entity_id} already exists")
+        _check_parent(batch, spec, op.fields)
+        _check_usernames(batch, spec, op.fields)
+        record = batch.changes.create(spec, op.entity_id, op.fields, author)
+        batch.records[(op.entity, op.entity_id)] = record
+        _finish(op, OpStatus.APPLIED, record)
+        return
+    if record is None or not _visible(batch, record):
+        raise OpRejection("not_found", f"{op.entity} {op.entity_id} not found")
+    if op.base_version > record.version:
+        raise OpRejection(
+            "invalid_base_version",
+            f"base_version {op.base_version} is ahead of the record (version {record.version})",
+        )
+    if op.action == "delete":
+        if not record.deleted:
+            batch.changes.delete(spec, record, author)
+        _finish(op, OpStatus.APPLIED, record)
+        return
+    current = spec.values(record)
+    for name, value in op.fields.items():
+        if spec.fields[name].immutable and value != current[name]:
+            raise OpRejection("immutable_field", f"{name} cannot change after create")
+    if record.deleted:
+        if op.fields:
+            # No edit is silently lost: an update of a deleted record waits for a person.
+            conflict = _open_conflict(batch, op, spec, record, DELETED, True, op.fields)
+            _finish(op, OpStatus.CONFLICT, record, conflict_ids=[str(conflict.id)])
+        else:
+            _finish(op, OpStatus.APPLIED, record)
+        return
+    merged = merge_fields(
+        spec,
+        current,
+        record.field_meta,
+        op.fields,
+        op.base_version,
+        str(op.device_id),
+        op.seq,
+        batch.user.is_dispatcher,
+    )
+    _check_usernames(batch, spec, merged.changes)
+    conflict_ids = [
+        str(_open_conflict(batch, op, spec, record, name, server, client).id)
+        for name, server, client in merged.conflicts
+    ]
+    if merged.changes:
+        event = batch.changes.update(spec, record, merged.changes, author)
+        event.overridden_fields = merged.overridden
+        event.conflict_ids = conflict_ids
+    status = OpStatus.CONFLICT if conflict_ids else OpStatus.APPLIED
+    _finish(op, status, record, merged.overridden, conflict_ids)
+
+
+def _finish(
+    op: Operation,
+    status: str,
+    record: SyncedRecord,
+    overridden: list[str] | None = None,
+    conflict_ids: list[str] | None = None,
+) -> None:
+    op.status = status
+    op.version = record.version
+    op.overridden_fields = overridden or []
+    op.conflict_ids = conflict_ids or []
+
+
+def _visible(batch: _Batch, record: SyncedRecord) -> bool:
+    """Whether the record is in the op author's scope (its work order is locked already)."""
+    spec = next(s for s in ENTITIES.values() if isinstance(record, s.model))
+    work_order = batch.records.get((WORK_ORDER.name, uuid.UUID(spec.work_order_id(record))))
+    return work_order is not None and batch.scope.holds(
+        record.organization_id, work_order.assigned_to_id
+    )
+
+
+def _check_parent(batch: _Batch, spec: EntitySpec, fields: dict[str, Json]) -> None:
+    if spec.parent_field is None:
+        return
+    parent_id = uuid.UUID(fields[spec.parent_field])
+    parent = batch.records.get((WORK_ORDER.name, parent_id))
+    # A child of a deleted work order is still kept: comments and evidence are never lost.
+    if parent is None or not _visible(batch, parent):
+        raise OpRejection("not_found", f"work order {parent_id} not found")
+
+
+def _check_usernames(batch: _Batch, spec: EntitySpec, values: dict[str, Json]) -> None:
+    for name, value in values.items():
+        if not isinstance(spec.fields[name].kind, Username) or value is None:
+            continue
+        if batch.changes.users.user_for_username(value) is None:
+            raise OpRejection("invalid_value", f"{name}: no user {value!r} in this organisation")
+
+
+def _open_conflict(
+    batch: _Batch,
+    op: Operation,
+    spec: EntitySpec,
+    record: SyncedRecord,
+    name: str,
+    server_value: Json,
+    client_value: Json,
+) -> Conflict:
+    conflict = Conflict(
+        organization_id=record.organization_id,
+        entity=spec.name,
+        entity_id=record.pk,
+        work_order_id=uuid.UUID(spec.work_order_id(record)),
+        field=name,
+        # What the client last saw: the field at the op's base version.
+        base_value=(
+            False if name == DELETED else record_values_at(spec, record, op.base_version or 0)[name]
+        ),
+        server_value=server_value,
+        client_value=client_value,
+        op_id=op.op_id,
+        device_id=op.device_id,
+        author_id=op.user_id,
+    )
+    batch.conflicts.append(conflict)
+    log_event(
+        "conflict.opened",
+        conflict_id=str(conflict.id),
+        op_id=str(op.op_id),
+        entity=spec.name,
+        entity_id=str(record.pk),
+        field=name,
+    )
+    return conflict

@@ -1,0 +1,60 @@
+"""The admin site and who may use it: active staff dispatchers of an organisation, and
+superusers. What each may do on each page follows in ``workspace.base``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.http import HttpRequest
+
+from accounts.models import Role, User
+
+
+def dispatcher_of(user: Any) -> User | None:
+    """The user as an active staff dispatcher of an organisation, else None."""
+    if (
+        isinstance(user, User)
+        and user.is_active
+        and user.is_staff
+        and user.role == Role.DISPATCHER
+        and user.organization_id is not None
+    ):
+        return user
+    return None
+
+
+def organization_of(user: Any) -> int | None:
+    """The organisation whose records the user works on in the admin (None: all or none)."""
+    return getattr(user, "organization_id", None)
+
+
+def may_use_admin(user: Any) -> bool:
+    """Staff dispatchers and superusers; technicians never, whatever their flags say."""
+    return bool(user.is_active and (user.is_superuser or dispatcher_of(user) is not None))
+
+
+class FieldsyncAdminAuthenticationForm(AdminAuthenticationForm):
+    """Refuses technicians at the login form, with the usual message, instead of logging
+    them in and bouncing them back."""
+
+    def confirm_login_allowed(self, user: Any) -> None:
+        super().confirm_login_allowed(user)
+        if not may_use_admin(user):
+            raise forms.ValidationError(
+                self.error_messages["invalid_login"],
+                code="invalid_login",
+                params={"username": self.username_field.verbose_name},
+            )
+
+
+class FieldsyncAdminSite(admin.AdminSite):
+    site_header = "fieldsync dispatch"
+    site_title = "fieldsync dispatch"
+    index_title = "Dispatcher workspace"
+    login_form = FieldsyncAdminAuthenticationForm
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        return may_use_admin(request.user)
