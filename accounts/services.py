@@ -13,6 +13,8 @@ from django.utils import timezone
 from accounts.authentication import hash_key, new_key
 from accounts.exceptions import AccountError, Refusal
 from accounts.models import ApiToken, Device, DeviceKind, Organization, Role, User
+from accounts.throttles import login_blocked, login_failed, login_succeeded
+from common.exceptions import throttled
 from common.logging import log_event
 
 
@@ -37,12 +39,20 @@ def field_user_create(org_name: str, role: str, username: str, password: str) ->
     return user
 
 
-def token_issue_for_credentials(username: str, password: str) -> str:
+def token_issue_for_credentials(username: str, password: str, address: str) -> str:
+    """A token for a field user's credentials; sign-in failures are throttled per username
+    and per client ``address``."""
+    wait = login_blocked(username, address)
+    if wait is not None:
+        raise throttled("too many failed sign-ins for this username or address", wait)
     user = authenticate(username=username, password=password)
     if not isinstance(user, User) or not user.is_active or user.organization_id is None:
+        login_failed(username, address)
+        log_event("login.failed", username=username, address=address, via="api")
         raise AccountError(
             "invalid_credentials", "Wrong username or password.", Refusal.NOT_AUTHENTICATED
         )
+    login_succeeded(username)
     return token_issue(user)
 
 

@@ -17,24 +17,43 @@ class Refusal(StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"  # also: exists, but out of the caller's scope
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    TIMEOUT = "timeout"  # the request did not arrive in time
     CONFLICT = "conflict"  # with the current state (already resolved, offset moved on)
     GONE = "gone"  # existed, never will again (expired cursor or upload)
     PRECONDITION_FAILED = "precondition_failed"  # a protocol version we do not speak
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     LOCKED = "locked"  # someone else is working on it right now; retry
+    THROTTLED = "throttled"  # too many, too fast; retry after the time it names
     CHECKSUM_MISMATCH = "checksum_mismatch"
     UNAVAILABLE = "unavailable"  # a service behind us is down; retry
 
 
 class DomainError(Exception):
-    """A refusal a client can cause; ``refusal`` says which kind."""
+    """A refusal a client can cause; ``refusal`` says which kind, ``headers`` what the
+    answer must carry besides the body (``Retry-After``, tus' ``Upload-Offset``)."""
 
-    def __init__(self, code: str, detail: str, refusal: Refusal = Refusal.INVALID) -> None:
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        refusal: Refusal = Refusal.INVALID,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
         self.refusal = refusal
+        self.headers = headers or {}
+
+
+def throttled(what: str, retry_after: int) -> DomainError:
+    return DomainError(
+        "throttled",
+        f"{what}; retry in {retry_after} s",
+        Refusal.THROTTLED,
+        {"Retry-After": str(retry_after)},
+    )
 
 
 def uuid_or_404(value: str, what: str) -> uuid.UUID:

@@ -17,7 +17,8 @@ from operations.models import EventKind
 from operations.recording import Author, ChangeSet
 from workorders.fields import FieldError, Json
 from workorders.models import SyncedRecord
-from workorders.registry import DELETED, ENTITIES, EntitySpec
+from workorders.registry import DELETED, ENTITIES, EntitySpec, Rule
+from workorders.scope import Scope
 
 _NO_VALUE = object()
 
@@ -38,11 +39,18 @@ def conflict_resolve(
         )
         if conflict is None:
             raise ConflictError("not_found", "no such conflict", Refusal.NOT_FOUND)
+        spec = ENTITIES[conflict.entity]
+        if not may_decide(user, spec, conflict):
+            raise ConflictError(
+                "not_allowed",
+                "only a dispatcher may decide this conflict (a deleted record, or a field "
+                "the dispatcher owns)",
+                Refusal.FORBIDDEN,
+            )
         if conflict.status == ConflictStatus.RESOLVED:
             raise ConflictError(
                 "already_resolved", "this conflict was already resolved", Refusal.CONFLICT
             )
-        spec = ENTITIES[conflict.entity]
         changes = ChangeSet(conflict.organization_id)
         record = changes.lock([(spec.name, conflict.entity_id)])[(spec.name, conflict.entity_id)]
         author = Author(actor_id=user.pk)
@@ -66,6 +74,18 @@ def conflict_resolve(
         version=record.version,
     )
     return conflict, record.version
+
+
+def may_decide(user: User, spec: EntitySpec, conflict: Conflict) -> bool:
+    """Who may settle which conflict. Whoever may see a conflict may settle one on a field
+    that any side may edit (a ``manual`` field such as ``status``); only a dispatcher decides
+    whether a deleted record comes back, or the value of a field the dispatcher owns."""
+    if Scope.of(user).whole_organization:
+        return True
+    if conflict.field == DELETED:
+        return False
+    field = spec.fields.get(conflict.field)
+    return field is not None and not field.dispatcher_only and field.rule != Rule.SERVER_WINS
 
 
 def _resolve_field(

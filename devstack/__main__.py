@@ -16,6 +16,7 @@ answers.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -60,7 +61,8 @@ def run_with(stack: ExitStack, env: dict[str, str]) -> int:
     children: list[supervisor.Child] = []
     try:
         used = start_run_services(stack, env)
-        prepare(env)
+        local_settings(env, DATA / "secret_key")
+        prepare(env, should_seed(used, env))
         # Registered after the servers, so the children stop first.
         stack.callback(supervisor.stop, children)
         start_processes(env, children)
@@ -97,11 +99,35 @@ def start_run_services(stack: ExitStack, env: dict[str, str]) -> list[services.S
     return used
 
 
-def prepare(env: dict[str, str]) -> None:
+def should_seed(used: list[services.Service], env: dict[str, str]) -> bool:
+    """The demo users have well-known passwords: they go only into the embedded database,
+    never into one the environment names, unless SEED_DEMO=1 asks for them."""
+    return any(s.name == "postgres" for s in used) or env.get("SEED_DEMO", "") == "1"
+
+
+def local_settings(env: dict[str, str], secret_file: Path | None) -> None:
+    """What a deployment must choose itself (the settings refuse to start without it), chosen
+    for this machine's own stack: a secret key kept under .data/ so sessions survive a
+    restart (or made for one test run), and any host name."""
+    if not env.get("SECRET_KEY"):
+        if secret_file is None:
+            env["SECRET_KEY"] = secrets.token_urlsafe(50)
+        else:
+            if not secret_file.exists():
+                secret_file.write_text(secrets.token_urlsafe(50))
+                secret_file.chmod(0o600)
+            env["SECRET_KEY"] = secret_file.read_text().strip()
+    if not env.get("ALLOWED_HOSTS"):
+        env["ALLOWED_HOSTS"] = "*"
+
+
+def prepare(env: dict[str, str], seed: bool) -> None:
     manage(env, "migrate", "--noinput")
     if manage(env, "collectstatic", "--noinput", check=False).returncode != 0:
         say("collectstatic failed; continuing without collected static files")
-    if "seed_demo" not in manage_commands(env):
+    if not seed:
+        say("DATABASE_URL is configured: no demo data (SEED_DEMO=1 adds it)")
+    elif "seed_demo" not in manage_commands(env):
         say("no seed_demo command yet; skipping demo data")
     elif manage(env, "seed_demo", check=False).returncode != 0:
         say("seed_demo failed; continuing without demo data")
@@ -256,6 +282,7 @@ def test(pytest_args: list[str]) -> int:
         env = dict(os.environ)
         env["DATABASE_URL"] = services.with_path(postgres_server(stack, scratch), "fieldsync")
         env["REDIS_URL"] = services.with_path(redis_server(stack, scratch), "15")
+        local_settings(env, None)
         code = run_in_foreground([sys.executable, "-m", "pytest", *pytest_args], env)
     if code == PYTEST_NO_TESTS_COLLECTED:
         say("pytest collected no tests; a test run that tests nothing counts as a failure")
@@ -272,6 +299,7 @@ def exec_(command: list[str]) -> int:
         env["DATABASE_URL"] = services.with_path(postgres, "fieldsync_bench")
         env["REDIS_URL"] = services.with_path(redis_server(stack, scratch), "14")
         env.update(object_store(stack, scratch, env))
+        local_settings(env, None)
         code = run_in_foreground(command, env)
     return code
 

@@ -9,15 +9,7 @@ __all__ = ["BodyInterrupted", "Refusal", "UploadError"]
 
 
 class UploadError(DomainError):
-    def __init__(
-        self,
-        code: str,
-        detail: str,
-        refusal: Refusal = Refusal.INVALID,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(code, detail, refusal)
-        self.headers = headers or {}
+    """An upload refusal; tus' protocol headers ride on it (``DomainError.headers``)."""
 
 
 class BodyInterrupted(Exception):

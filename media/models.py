@@ -86,6 +86,10 @@ class Upload(models.Model):
     # Set once the object store holds nothing of a failed upload any more.
     released_at = models.DateTimeField(null=True, blank=True)
     thumbnail_key = models.CharField(max_length=300, blank=True, default="")
+    # Counted before each try, so an image that kills the worker decoding it is given up on
+    # after a few tries instead of being retried for ever; why it failed, when it did.
+    thumbnail_attempts = models.PositiveSmallIntegerField(default=0)
+    thumbnail_error = models.CharField(max_length=300, blank=True, default="")
 
     class Meta:
         indexes = [

@@ -36,6 +36,19 @@ def upload_for_user(user: User, upload_id: uuid.UUID) -> Upload:
     return upload
 
 
+def upload_for_writer(user: User, upload_id: uuid.UUID, terminating: bool = False) -> Upload:
+    """The upload, if the user may write to it: its bytes belong to the user who started
+    it; a dispatcher may also end it. Others who may see it get 403 ``not_allowed``."""
+    upload = upload_for_user(user, upload_id)
+    if upload.created_by_id == user.pk:
+        return upload
+    if terminating and Scope.of(user).whole_organization:
+        return upload
+    raise UploadError(
+        "not_allowed", "only the user who started this upload may write to it", Refusal.FORBIDDEN
+    )
+
+
 def upload_gone(upload: Upload) -> UploadError | None:
     """The 410 an expired or terminated upload answers with, else None."""
     if upload.status == UploadStatus.FAILED and upload.code in GONE_CODES:

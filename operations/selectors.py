@@ -21,6 +21,7 @@ from operations.models import (
     RetentionMark,
 )
 from workorders.fields import Json
+from workorders.models import WorkOrder
 from workorders.registry import ENTITIES
 from workorders.scope import Scope
 
@@ -48,7 +49,10 @@ def cursor_decode(cursor: str | None) -> int:
 def op_get_for_user(user: User, op_id: uuid.UUID) -> Operation:
     """An op its author can read, or any op of the organisation for a dispatcher."""
     scope = Scope.of(user)
-    op = Operation.objects.filter(pk=op_id, organization_id=scope.organization_id).first()
+    # client_time is not part of an outcome; not reading it keeps a row stored before times
+    # were checked readable.
+    ops = Operation.objects.defer("client_time")
+    op = ops.filter(pk=op_id, organization_id=scope.organization_id).first()
     if op is None or not (scope.whole_organization or op.user_id == user.pk):
         raise SyncError("not_found", "no such op", Refusal.NOT_FOUND)
     return op
@@ -133,21 +137,37 @@ def _changes(scope: Scope, entries: list[FeedEntry]) -> list[Change]:
         spec = ENTITIES[entity]
         for obj in spec.model.objects.select_related(*spec.select_related).filter(pk__in=ids):
             records[(entity, obj.pk)] = obj
+    assignees = _current_assignees(scope, records)
     out: list[Change] = []
     for key, entry in latest.items():
         obj = records.get(key)
         if obj is None:
             continue
-        revoked = not scope.assigned(entry.assignee_id)
+        # Decided by where the record is now, not by the entry: an old entry still names the
+        # technician the work order was assigned to then.
+        work_order_id = uuid.UUID(ENTITIES[key[0]].work_order_id(obj))
+        revoked = not scope.holds(obj.organization_id, assignees.get(work_order_id))
         state = "revoked" if revoked else ("deleted" if obj.deleted else "live")
         fields = {} if revoked else ENTITIES[key[0]].values(obj)
         out.append(Change(key[0], key[1], obj.version, state, fields, entry.op_id))
     return out
 
 
+def _current_assignees(
+    scope: Scope, records: dict[tuple[str, Any], Any]
+) -> dict[uuid.UUID, int | None]:
+    """The current assignee of each record's work order (none needed for a dispatcher)."""
+    if scope.whole_organization:
+        return {}
+    wanted = {
+        uuid.UUID(ENTITIES[entity].work_order_id(obj)) for (entity, _), obj in records.items()
+    }
+    return dict(WorkOrder.objects.filter(pk__in=wanted).values_list("pk", "assigned_to_id"))
+
+
 def _outcomes(entries: list[FeedEntry]) -> list[Operation]:
     ids = list(dict.fromkeys(e.op_id for e in entries))
-    ops = Operation.objects.in_bulk(ids)
+    ops = Operation.objects.defer("client_time").in_bulk(ids)
     return [ops[i] for i in ids if i in ops]
 
 

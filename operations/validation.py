@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from accounts.models import User
-from workorders.fields import FieldError, Json
+from workorders.fields import FieldError, Json, parse_time
 from workorders.registry import ENTITIES, EntitySpec
 
 ACTIONS = ("create", "update", "delete")
@@ -109,14 +109,10 @@ def _check_envelope(op: CheckedOp, raw: dict[str, Json]) -> None:
 
 
 def _parse_time(value: Json) -> datetime:
-    if isinstance(value, str) and len(value) <= 40:
-        try:
-            parsed = datetime.fromisoformat(value)
-            if parsed.tzinfo is not None:
-                return parsed
-        except ValueError:
-            pass
-    raise OpRejection("invalid_client_time", "client_time must be an RFC 3339 time with offset")
+    try:
+        return parse_time(value)
+    except FieldError as exc:
+        raise OpRejection("invalid_client_time", f"client_time: {exc.detail}") from exc
 
 
 def _check_fields(op: CheckedOp, fields: Json) -> None:
@@ -156,3 +152,12 @@ def _check_role(op: CheckedOp, user: User) -> None:
     for name in op.fields:
         if spec.fields[name].dispatcher_only:
             raise OpRejection("forbidden", f"technicians may not change {name}")
+
+
+def id_taken(entity: str, entity_id: uuid.UUID, visible: bool) -> OpRejection:
+    """A create of an id a record already holds. Out of the caller's scope (another
+    organisation's record, or another technician's) the answer says only that this id cannot
+    be used, never that a record holds it."""
+    if visible:
+        return OpRejection("entity_exists", f"{entity} {entity_id} already exists")
+    return OpRejection("entity_id_unavailable", "this entity_id cannot be used; make a new UUID")

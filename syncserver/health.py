@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common.logging import log_warning
+from common.net import is_operator
 from common.storage import s3_client
 
 
@@ -49,15 +51,20 @@ CHECKS: dict[str, Callable[[], None]] = {
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
+    """200 when every service answers, else 503. Anyone (a load balancer) gets the status;
+    operators also get which service is down. Why it is down goes to the log, never out."""
     results: dict[str, str] = {}
     for name, check in CHECKS.items():
         try:
             check()
             results[name] = "ok"
         except Exception as exc:  # noqa: BLE001 - report any failure as "down"
-            results[name] = f"down: {type(exc).__name__}: {exc}"[:300]
+            log_warning("readiness.down", check=name, error=f"{type(exc).__name__}: {exc}"[:300])
+            results[name] = "down"
     down = [name for name, state in results.items() if state != "ok"]
-    body = {"status": "ready" if not down else "unavailable", "checks": results, "down": down}
+    body: dict[str, object] = {"status": "ready" if not down else "unavailable"}
+    if is_operator(request):
+        body |= {"checks": results, "down": down}
     return JsonResponse(body, status=200 if not down else 503)
 
 
@@ -84,6 +91,11 @@ def _count_by(values: object) -> list[tuple[str, int]]:
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
+    if not is_operator(request):
+        return JsonResponse(
+            {"code": "permission_denied", "detail": "metrics are served to operators only"},
+            status=403,
+        )
     registry = CollectorRegistry()
     registry.register(SyncCollector())
     if "PROMETHEUS_MULTIPROC_DIR" in __import__("os").environ:

@@ -4,16 +4,57 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-change-me-in-production")
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+
+
+def _required(name: str, debug_default: str) -> str:
+    """A setting a deployment must choose itself. Only DEBUG (a developer's machine) falls
+    back to a default; `make run` and `make test` set their own (see devstack)."""
+    value: str = env.str(name, default="")
+    if value:
+        return value
+    if DEBUG:
+        return debug_default
+    raise ImproperlyConfigured(
+        f"{name} is not set. Set it in the environment (docs/deploy.md lists every setting); "
+        "DEBUG=true runs with development defaults instead."
+    )
+
+
+SECRET_KEY = _required("SECRET_KEY", "dev-only-insecure-secret-key-never-use-in-production")
+ALLOWED_HOSTS = [host.strip() for host in _required("ALLOWED_HOSTS", "*").split(",")]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 PORT = env.int("PORT", default=8000)
+
+# --- Behind a TLS-terminating proxy (docs/deploy.md) ------------------------------------------
+# "HTTP_X_FORWARDED_PROTO,https": trust the proxy's word that the client spoke https. Set it
+# only behind a proxy that always sets (or strips) that header.
+_PROXY_SSL_HEADER = env.list("SECURE_PROXY_SSL_HEADER", default=[])
+SECURE_PROXY_SSL_HEADER = tuple(_PROXY_SSL_HEADER) if len(_PROXY_SSL_HEADER) == 2 else None
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# A load balancer's health checks speak plain http inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Client addresses (login throttling, the operators' network) come from X-Forwarded-For only
+# when the request arrives from one of these proxies (CIDRs).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+# /metrics and the details of /readyz are for operators: callers from these networks, or
+# with `Authorization: Bearer <OPS_TOKEN>` when it is set.
+OPS_NETWORKS = env.list(
+    "OPS_NETWORKS",
+    default=["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+)
+OPS_TOKEN = env.str("OPS_TOKEN", default="")
 
 INSTALLED_APPS = [
     "workspace.apps.FieldsyncAdminConfig",  # django.contrib.admin, as the dispatchers see it
@@ -34,6 +75,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every body is read under a deadline, and a refused one is drained (within a
+    # budget) before the answer goes out, whatever answered.
+    "common.body.BodyDeadlineMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Outermost of ours, so a database outage anywhere below answers 503, not 500.
     "common.middleware.DatabaseUnavailableMiddleware",
@@ -75,6 +119,12 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
+
+# Sign-in throttling (API token and workspace login): after this many failures within
+# LOGIN_LOCKOUT_SECONDS, a username (or a client address) waits out the rest of the window.
+LOGIN_FAILURES_PER_USERNAME = env.int("LOGIN_FAILURES_PER_USERNAME", default=5)
+LOGIN_FAILURES_PER_ADDRESS = env.int("LOGIN_FAILURES_PER_ADDRESS", default=50)
+LOGIN_LOCKOUT_SECONDS = env.int("LOGIN_LOCKOUT_SECONDS", default=900)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -172,6 +222,16 @@ CELERY_BEAT_SCHEDULE["sweep-uploads"] = {
     "schedule": timedelta(seconds=SWEEP_INTERVAL_SECONDS),
 }
 
+# --- Request bodies (common.body) -------------------------------------------------------------
+# Every body must arrive within BODY_GRACE_SECONDS plus its length at this minimum rate (8 KiB/s
+# is 64 kbit/s: a bad cellular link still makes it; a client trickling bytes does not).
+BODY_GRACE_SECONDS = env.float("BODY_GRACE_SECONDS", default=30.0)
+BODY_MIN_BYTES_PER_SECOND = env.int("BODY_MIN_BYTES_PER_SECOND", default=8 * 1024)
+# What a refused request sent is read and dropped up to this size and time, so the client
+# reads the refusal instead of a reset connection; past it the connection is closed.
+REFUSED_BODY_DRAIN_BYTES = env.int("REFUSED_BODY_DRAIN_BYTES", default=16 * _MiB)
+REFUSED_BODY_DRAIN_SECONDS = env.float("REFUSED_BODY_DRAIN_SECONDS", default=5.0)
+
 # --- Sync behaviour -------------------------------------------------------------------------
 # An op whose predecessor (seq - 1) is still missing after this long is applied anyway; the
 # skipped seqs are shown in the device's health so one lost op never freezes a phone.
@@ -184,6 +244,10 @@ SYNC_RETENTION_DAYS = env.int("SYNC_RETENTION_DAYS", default=90)
 SYNC_MAX_OPS_PER_PUSH = 500
 SYNC_MAX_PUSH_BYTES = 1024 * 1024
 SYNC_APPLY_BATCH = env.int("SYNC_APPLY_BATCH", default=100)
+# Per device, per minute: far above what a phone syncing every few seconds sends, low enough
+# that a runaway client cannot hog the web processes.
+SYNC_PUSHES_PER_MINUTE = env.int("SYNC_PUSHES_PER_MINUTE", default=600)
+SYNC_PULLS_PER_MINUTE = env.int("SYNC_PULLS_PER_MINUTE", default=600)
 SYNC_PULL_DEFAULT_LIMIT = 500
 SYNC_PULL_MAX_LIMIT = 1000
 # Django refuses bodies above this before our own 413 check can run; keep it above the limit.
@@ -194,7 +258,10 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["common.parsers.StrictJSONParser"],
+    # Responses escape non-ASCII as \uXXXX: an op_id echoed back as sent (even one holding
+    # an unpaired surrogate) can always be written.
+    "UNICODE_JSON": False,
     "EXCEPTION_HANDLER": "common.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

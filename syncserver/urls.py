@@ -20,3 +20,8 @@ urlpatterns = [
     path("readyz", readyz),
     path("metrics", metrics),
 ]
+
+handler400 = "common.errors.bad_request"
+handler403 = "common.errors.permission_denied"
+handler404 = "common.errors.page_not_found"
+handler500 = "common.errors.server_error"

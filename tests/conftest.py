@@ -54,6 +54,18 @@ def _empty_redis() -> None:
     client.close()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_limits() -> Iterator[None]:
+    """Each test starts with no sign-in failures or device hits counted (they live in Redis,
+    which outlives a test's database)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter("fieldsync:limit:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+    yield
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Settings]:
     """The store S3_ENDPOINT_URL names, else a SeaweedFS in a temporary directory.

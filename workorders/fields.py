@@ -27,6 +27,44 @@ class StoreContext(Protocol):
     def user_for_username(self, username: str) -> models.Model | None: ...
 
 
+def storable_text(raw: str) -> str:
+    """Text as Postgres will store it: UTF-8 (JSON can carry an unpaired surrogate such as
+    "\\ud83d", which no UTF-8 encoder accepts) and no NUL."""
+    if "\x00" in raw:
+        raise FieldError("invalid_value", "must not contain NUL characters")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FieldError("invalid_value", "must be valid Unicode (no unpaired surrogates)") from exc
+    return raw
+
+
+# Every time is held in UTC within these bounds: Python cannot hold a UTC time past year
+# 9999 (a local 9999-12-31T23:00-05:00 is one), and a stored time must read back in any
+# session's time zone.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def parse_time(raw: Json) -> datetime:
+    """An RFC 3339 time with an offset, as a UTC datetime Postgres and Python both hold."""
+    if not isinstance(raw, str) or len(raw) > 40:
+        raise FieldError("invalid_value", "must be an RFC 3339 time")
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise FieldError("invalid_value", "must be an RFC 3339 time") from exc
+    if parsed.tzinfo is None:
+        raise FieldError("invalid_value", "must carry a UTC offset (e.g. Z)")
+    try:
+        value = parsed.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise FieldError("invalid_value", "must be a time between 1900 and 9998") from exc
+    if not EARLIEST <= value <= LATEST:
+        raise FieldError("invalid_value", "must be a time between 1900 and 9998")
+    return value
+
+
 def format_datetime(value: datetime) -> str:
     text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     return text
@@ -52,9 +90,7 @@ class Text:
             raise FieldError("invalid_value", "must be a string")
         if len(raw) > self.max_length:
             raise FieldError("value_too_long", f"must be at most {self.max_length} characters")
-        if "\x00" in raw:
-            raise FieldError("invalid_value", "must not contain NUL characters")
-        return raw
+        return storable_text(raw)
 
     def load(self, obj: models.Model, name: str) -> Json:
         return getattr(obj, name)
@@ -96,17 +132,7 @@ class Boolean:
 @dataclass(frozen=True)
 class DateTime:
     def parse(self, raw: Json) -> Json:
-        if raw is None:
-            return None
-        if not isinstance(raw, str) or len(raw) > 40:
-            raise FieldError("invalid_value", "must be an RFC 3339 time or null")
-        try:
-            parsed = datetime.fromisoformat(raw)
-        except ValueError as exc:
-            raise FieldError("invalid_value", "must be an RFC 3339 time or null") from exc
-        if parsed.tzinfo is None:
-            raise FieldError("invalid_value", "must carry a UTC offset (e.g. Z)")
-        return format_datetime(parsed)
+        return None if raw is None else format_datetime(parse_time(raw))
 
     def load(self, obj: models.Model, name: str) -> Json:
         value = getattr(obj, name)
@@ -147,7 +173,7 @@ class Username:
             return None
         if not isinstance(raw, str) or not raw or len(raw) > 150:
             raise FieldError("invalid_value", "must be a username or null")
-        return raw
+        return storable_text(raw)
 
     def load(self, obj: models.Model, name: str) -> Json:
         user = getattr(obj, name)

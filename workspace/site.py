@@ -11,6 +11,9 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.http import HttpRequest
 
 from accounts.models import Role, User
+from accounts.throttles import login_blocked, login_failed, login_succeeded
+from common.logging import log_event
+from common.net import client_address
 
 
 def dispatcher_of(user: Any) -> User | None:
@@ -38,7 +41,28 @@ def may_use_admin(user: Any) -> bool:
 
 class FieldsyncAdminAuthenticationForm(AdminAuthenticationForm):
     """Refuses technicians at the login form, with the usual message, instead of logging
-    them in and bouncing them back."""
+    them in and bouncing them back; and locks a username (or an address) out for a while
+    after repeated failures, shared with the API's token endpoint."""
+
+    def clean(self) -> dict[str, Any]:
+        username = str(self.data.get("username") or "")
+        address = client_address(self.request) if self.request is not None else ""
+        wait = login_blocked(username, address)
+        if wait is not None:
+            minutes = max(1, round(wait / 60))
+            raise forms.ValidationError(
+                f"Too many failed sign-ins for this account or from your address. "
+                f"Try again in {minutes} minute{'s' if minutes != 1 else ''}.",
+                code="throttled",
+            )
+        try:
+            cleaned: dict[str, Any] = super().clean()
+        except forms.ValidationError:
+            login_failed(username, address)
+            log_event("login.failed", username=username, address=address, via="workspace")
+            raise
+        login_succeeded(username)
+        return cleaned
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)

@@ -34,7 +34,8 @@ class ConflictListSerializer(serializers.Serializer[Any]):
 
 class ResolveSerializer(serializers.Serializer[dict[str, object]]):
     choice = serializers.ChoiceField(Resolution.values)
-    value = serializers.JSONField(required=False)
+    # null is a value too (it clears a time or an assignee).
+    value = serializers.JSONField(required=False, allow_null=True)
 
 
 class ConflictResolvedSerializer(serializers.Serializer[Any]):

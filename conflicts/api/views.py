@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from common.exceptions import uuid_or_404
+from common.serializers import error_responses
 from conflicts.api.serializers import (
     ConflictListSerializer,
     ConflictResolvedSerializer,
@@ -24,7 +25,7 @@ MAX_LISTED = 1000
 class ConflictListView(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("status", OpenApiTypes.STR, enum=ConflictStatus.values)],
-        responses={200: ConflictListSerializer},
+        responses={200: ConflictListSerializer, **error_responses(400, 401, 403)},
     )
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
@@ -41,7 +42,10 @@ class ConflictListView(APIView):
 class ConflictResolveView(APIView):
     @extend_schema(
         request=ResolveSerializer,
-        responses={200: ConflictResolvedSerializer},
+        responses={
+            200: ConflictResolvedSerializer,
+            **error_responses(400, 401, 403, 404, 409, 415),
+        },
     )
     def post(self, request: Request, conflict_id: str) -> Response:
         assert isinstance(request.user, User)

@@ -5,59 +5,66 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest
 
+from common.body import BODY_HANDLED, Deadline
 from media.exceptions import BodyInterrupted
 
 # Each read of a PATCH body asks for this much; pieces are joined into parts by the service.
 _PIECE = 1024 * 1024
-# A refused request's unread body is read and dropped up to this size (see RequestBody).
-_DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class RequestBody:
     """A request body, read into the service's buffer (``BodySource``), at most once.
 
-    gunicorn answers a request whose body was left unread with ``Connection: keep-alive``
-    and then closes the connection when more than 64 KiB are left: the client's next
-    request on it fails. So a refused request drains a body of up to ``_DRAIN_LIMIT``
-    (a phone sends the whole chunk before it reads the answer anyway).
+    gunicorn drains at most 64 KiB of a body a request left unread, then closes the
+    connection: a client still sending meets a reset instead of the answer. So a refused
+    request drains its body within the refusals' budget (``common.body``); a phone sends
+    the whole chunk before it reads the answer anyway.
     """
 
     def __init__(
         self,
         readinto: Callable[[memoryview], int],
         expected: int | None,
+        deadline: Deadline,
         direct: SocketBody | None = None,
     ) -> None:
         self._readinto = readinto
         self.expected = expected  # None: chunked, ends when the stream does
+        self.deadline = deadline
         self.received = 0
         self.direct = direct
         self.broken = False  # the client stopped sending: nothing more will come
 
     @classmethod
     def of(cls, request: HttpRequest) -> RequestBody:
+        # The view reads (or drains) this body itself; the middleware leaves it alone.
+        request.META[BODY_HANDLED] = True
         declared = request.META.get("CONTENT_LENGTH") or ""
         if declared.isdigit():  # the server has refused a malformed one already
+            deadline = Deadline.for_body(request.META, int(declared))
             direct = SocketBody.of(request.META)
             if direct is not None:
-                return cls(direct.readinto, int(declared), direct)
-            return cls(_copying_into(request.read), int(declared))
+                return cls(direct.readinto, int(declared), deadline, direct)
+            return cls(_copying_into(request.read), int(declared), deadline)
         if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
             # Django reads at most CONTENT_LENGTH bytes (none here): read the server's
-            # de-chunked stream itself. The service bounds it by the bytes still missing.
-            return cls(_copying_into(request.META["wsgi.input"].read), None)
+            # de-chunked stream itself. The service bounds it by the bytes still missing,
+            # the deadline by the largest upload there may be.
+            largest = max(settings.UPLOADS_MAX_SIZE.values())
+            deadline = Deadline.for_body(request.META, largest)
+            return cls(_copying_into(request.META["wsgi.input"].read), None, deadline)
         return cls.empty()
 
     @classmethod
     def empty(cls) -> RequestBody:
-        return cls(lambda buffer: 0, 0)
+        return cls(lambda buffer: 0, 0, Deadline(0, None))
 
     def readinto(self, buffer: memoryview) -> int:
         if self.expected is not None:
@@ -65,6 +72,9 @@ class RequestBody:
         if not len(buffer):
             return 0
         try:
+            # A phone that vanished without closing its connection must not hold a thread
+            # and its upload's lock for long: a timeout per read, and the body's deadline.
+            self.deadline.arm(settings.UPLOADS_READ_TIMEOUT_SECONDS)
             received = self._readinto(buffer)
         except Exception as exc:  # each WSGI server has its own errors for a broken body
             self.broken = True
@@ -76,14 +86,19 @@ class RequestBody:
         return received
 
     def drain(self) -> None:
-        if self.broken or self.expected is None or self.expected - self.received > _DRAIN_LIMIT:
-            return  # gunicorn closes the connection; cheaper than reading it all
+        """Read and drop what a refused request left, within the refusals' budget (past it
+        gunicorn closes the connection)."""
+        left = None if self.expected is None else self.expected - self.received
+        if self.broken or left is None or left > settings.REFUSED_BODY_DRAIN_BYTES:
+            return
+        self.deadline = Deadline(settings.REFUSED_BODY_DRAIN_SECONDS, self.deadline.sock)
         scratch = memoryview(bytearray(_PIECE))
         with suppress(BodyInterrupted):
             while self.readinto(scratch):
                 pass
 
     def close(self) -> None:
+        self.deadline.disarm()
         if self.direct is not None:
             self.direct.give_back()
 
@@ -168,20 +183,3 @@ class SocketBody:
             raise
         self.reader.length -= received
         return received
-
-
-@contextmanager
-def read_timeout(request: HttpRequest) -> Iterator[None]:
-    """Under gunicorn, bound how long a read may wait: a phone that vanished without closing
-    its connection must not hold a thread and its upload's lock for hours."""
-    sock = request.META.get("gunicorn.socket")
-    if sock is None:
-        yield
-        return
-    previous = sock.gettimeout()
-    sock.settimeout(settings.UPLOADS_READ_TIMEOUT_SECONDS)
-    try:
-        yield
-    finally:
-        with suppress(OSError):  # the connection may already be gone
-            sock.settimeout(previous)

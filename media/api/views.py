@@ -29,7 +29,8 @@ from accounts.models import User
 from common.errors import http_status
 from common.exceptions import DomainError, uuid_or_404
 from common.logging import log_warning
-from media.api.body import RequestBody, read_timeout
+from common.serializers import error_responses
+from media.api.body import RequestBody
 from media.api.serializers import AttachmentStatusSerializer
 from media.exceptions import Refusal, UploadError
 from media.models import Upload, UploadStatus
@@ -52,6 +53,7 @@ _ALLOWED_HEADERS = (
 )
 _EXPOSED_HEADERS = f"Location, {_TUS_HEADERS}"
 _MAX_TEXT = {"filename": 255, "content_type": 255, "note": 10_000}
+_NOTE_CONTROLS = "\t\n\r"
 _REQUIRED_METADATA = ("attachment_id", "work_order_id", "filename", "content_type", "kind")
 
 
@@ -74,8 +76,7 @@ def _serve(request: HttpRequest, upload_id: str | None) -> HttpResponse:
     method = request.headers.get("X-HTTP-Method-Override", request.method or "").upper()
     body = RequestBody.of(request)
     try:
-        with read_timeout(request):
-            response = _route(request, method, upload_id, body)
+        response = _route(request, method, upload_id, body)
     except DomainError as exc:
         response = _error(exc, method)
     except (BotoCoreError, ClientError) as exc:
@@ -87,8 +88,7 @@ def _serve(request: HttpRequest, upload_id: str | None) -> HttpResponse:
         response["Retry-After"] = "5"
     finally:
         # A refusal, or a repeated POST answered without its body: read what is left.
-        with read_timeout(request):
-            body.drain()
+        body.drain()
         body.close()
     response["Tus-Resumable"] = TUS_VERSION
     response["Cache-Control"] = "no-store"
@@ -162,7 +162,7 @@ def _error(exc: DomainError, method: str) -> HttpResponse:
         if method == "HEAD"
         else JsonResponse(body, status=http_status(exc))
     )
-    for name, value in getattr(exc, "headers", {}).items():
+    for name, value in exc.headers.items():
         response[name] = value
     return response
 
@@ -272,10 +272,15 @@ def _metadata(request: HttpRequest) -> UploadMeta:
     if missing:
         raise UploadError("invalid_metadata", f"Upload-Metadata needs {', '.join(missing)}")
     for key, limit in _MAX_TEXT.items():
-        if len(values.get(key, "")) > limit or "\x00" in values.get(key, ""):
-            raise UploadError(
-                "invalid_metadata", f"{key} must be at most {limit} characters, no NUL"
-            )
+        value = values.get(key, "")
+        if len(value) > limit:
+            raise UploadError("invalid_metadata", f"{key} must be at most {limit} characters")
+        # filename and content_type travel into object store headers (Content-Type,
+        # Content-Disposition), where a control character makes every later call fail; a
+        # note is only stored, and may hold line breaks.
+        allowed = _NOTE_CONTROLS if key == "note" else ""
+        if any((c < " " or c == "\x7f") and c not in allowed for c in value):
+            raise UploadError("invalid_metadata", f"{key} must not contain control characters")
     sha256 = values.get("sha256", "").lower()
     if sha256 and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
         raise UploadError("invalid_metadata", "sha256 must be 64 hex digits")
@@ -329,7 +334,7 @@ def _checksum(request: HttpRequest) -> Checksum | None:
 # Attachment status (DRF, documented in the OpenAPI schema)
 # ============================================================================================
 class AttachmentView(APIView):
-    @extend_schema(responses={200: AttachmentStatusSerializer})
+    @extend_schema(responses={200: AttachmentStatusSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, attachment_id: str) -> Response:
         assert isinstance(request.user, User)
         status = attachment_status(request.user, uuid_or_404(attachment_id, "attachment"))

@@ -29,7 +29,7 @@ from common.logging import log_event, log_warning
 from media import storage
 from media.exceptions import BodyInterrupted, Refusal, UploadError
 from media.models import Upload, UploadPart, UploadStatus
-from media.selectors import upload_for_user, upload_gone
+from media.selectors import upload_for_writer, upload_gone
 from media.services.locks import upload_lock
 from media.services.uploads import FINISH_UPLOAD_TASK
 from media.storage import ObjectStore, object_store
@@ -66,8 +66,9 @@ def upload_append(
     """Store a PATCH body at ``offset`` (tus core + checksum). Without a checksum, every
     byte received is kept even if the client vanishes mid-body; with one, the body counts
     only as a whole, once its digest matched."""
+    upload_for_writer(user, upload_id)  # refused before it may take (and so hold) the lock
     with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS):
-        upload = upload_for_user(user, upload_id)
+        upload = upload_for_writer(user, upload_id)
         gone = upload_gone(upload)
         if gone is not None:
             raise gone

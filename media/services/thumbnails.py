@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from io import BytesIO
 
+from django.db.models import F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.logging import log_warning
@@ -14,7 +15,16 @@ from media.services.uploads import media_type
 from media.storage import object_store
 
 THUMBNAIL_BOX = (320, 320)
-THUMBNAIL_TYPES = frozenset({"image/jpeg", "image/png", "image/webp"})
+# Pillow's formats by name, never guessed from the bytes: a file named a JPEG that is really
+# something else is refused, not decoded by whatever plugin claims it.
+THUMBNAIL_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+# Far below Pillow's own bomb limit (~89 million): a phone photo is 12-50 million pixels.
+MAX_PIXELS = 64_000_000
+MAX_ATTEMPTS = 3
+
+
+class NoThumbnail(Exception):
+    """This image will not make a thumbnail (recorded on the upload; never retried)."""
 
 
 def thumbnail_create(upload_id: uuid.UUID) -> str:
@@ -22,22 +32,46 @@ def thumbnail_create(upload_id: uuid.UUID) -> str:
     upload = Upload.objects.filter(
         pk=upload_id, status=UploadStatus.ATTACHED, kind=Kind.PHOTO
     ).first()
-    if upload is None or upload.thumbnail_key:
+    if upload is None or upload.thumbnail_key or upload.thumbnail_error:
         return upload.thumbnail_key if upload else ""
-    if media_type(upload.content_type) not in THUMBNAIL_TYPES:
+    image_format = THUMBNAIL_FORMATS.get(media_type(upload.content_type))
+    if image_format is None:
+        return ""
+    # Counted before decoding: a try that kills the worker still counts.
+    Upload.objects.filter(pk=upload.pk).update(thumbnail_attempts=F("thumbnail_attempts") + 1)
+    if upload.thumbnail_attempts >= MAX_ATTEMPTS:
+        _give_up(upload, f"no thumbnail after {MAX_ATTEMPTS} tries")
         return ""
     store = object_store()
     try:
-        with Image.open(BytesIO(store.get(upload.object_key))) as image:
+        data = _thumbnail(store.get(upload.object_key), image_format)
+    except NoThumbnail as exc:
+        _give_up(upload, str(exc))
+        return ""
+    key = storage.thumbnail_key(upload.organization_id, upload.pk)
+    store.put(key, data, "image/jpeg")
+    Upload.objects.filter(pk=upload.pk).update(thumbnail_key=key)
+    return key
+
+
+def _thumbnail(original: bytes, image_format: str) -> bytes:
+    """Decode as the declared format only, refuse more than MAX_PIXELS before decoding any
+    pixel, and shrink before any full-size conversion."""
+    try:
+        with Image.open(BytesIO(original), formats=[image_format]) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise NoThumbnail(f"{width}x{height} pixels is more than {MAX_PIXELS}")
             image.draft("RGB", (THUMBNAIL_BOX[0] * 2, THUMBNAIL_BOX[1] * 2))
+            image.thumbnail(THUMBNAIL_BOX)
             thumbnail = ImageOps.exif_transpose(image).convert("RGB")
-            thumbnail.thumbnail(THUMBNAIL_BOX)
             out = BytesIO()
             thumbnail.save(out, "JPEG", quality=80)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-        log_warning("upload.thumbnail_failed", upload_id=str(upload_id), error=repr(exc))
-        return ""
-    key = storage.thumbnail_key(upload.organization_id, upload.pk)
-    store.put(key, out.getvalue(), "image/jpeg")
-    Upload.objects.filter(pk=upload.pk).update(thumbnail_key=key)
-    return key
+        raise NoThumbnail(repr(exc)[:300]) from exc
+    return out.getvalue()
+
+
+def _give_up(upload: Upload, reason: str) -> None:
+    Upload.objects.filter(pk=upload.pk).update(thumbnail_error=reason[:300])
+    log_warning("upload.thumbnail_failed", upload_id=str(upload.pk), error=reason)

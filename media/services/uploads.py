@@ -23,7 +23,7 @@ from media import storage
 from media.entity import ATTACHMENT
 from media.exceptions import Refusal, UploadError
 from media.models import Kind, Upload, UploadPart, UploadStatus
-from media.selectors import upload_for_user, upload_gone
+from media.selectors import upload_for_user, upload_for_writer, upload_gone
 from media.services.locks import try_lock, unlock, upload_lock, upload_lock_key
 from media.storage import ObjectStore, object_store
 from operations.recording import Author, ChangeSet
@@ -139,6 +139,11 @@ def _existing_upload(user: User, meta: UploadMeta, length: int) -> Upload:
         raise UploadError(
             "attachment_id_reused", "this attachment_id belongs to another upload", Refusal.CONFLICT
         ) from exc
+    if upload.created_by_id != user.pk:
+        # Seen, but someone else's bytes: the second POST must not hand over its Location.
+        raise UploadError(
+            "attachment_id_reused", "this attachment_id belongs to another upload", Refusal.CONFLICT
+        )
     if upload.length != length or upload.work_order_id != meta.work_order_id:
         raise UploadError(
             "attachment_id_reused",
@@ -156,8 +161,9 @@ def _existing_upload(user: User, meta: UploadMeta, length: int) -> Upload:
 # ============================================================================================
 def upload_terminate(user: User, upload_id: uuid.UUID) -> None:
     """tus termination: the upload is ended for good and its stored bytes deleted."""
+    upload_for_writer(user, upload_id, terminating=True)  # refused before taking the lock
     with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS):
-        upload = upload_for_user(user, upload_id)
+        upload = upload_for_writer(user, upload_id, terminating=True)
         if upload.status == UploadStatus.FAILED and upload.code == "terminated":
             return  # a retry after a lost answer
         gone = upload_gone(upload)

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from common.serializers import BlankAsNullCharField
+from operations.api.schema import record_fields
 from operations.models import OpStatus
-
-
-class OpSerializer(serializers.Serializer[dict[str, Any]]):
-    """One op as a phone queues it (documented only: the push view checks ops itself, so
-    that one bad op is answered per op instead of failing the batch)."""
-
-    op_id = serializers.UUIDField()
-    seq = serializers.IntegerField(min_value=1)
-    entity = serializers.CharField()
-    entity_id = serializers.UUIDField()
-    action = serializers.ChoiceField(["create", "update", "delete"])
-    base_version = serializers.IntegerField(min_value=0)
-    # DRF's metaclass takes declared fields off the class, so this never shadows
-    # ``Serializer.fields`` at run time; only the type checker sees the clash.
-    fields = serializers.DictField(required=False)  # type: ignore[assignment]
-    client_time = serializers.DateTimeField(required=False)
-
-
-class PushRequestSerializer(serializers.Serializer[dict[str, Any]]):
-    device_id = serializers.UUIDField()
-    ops = OpSerializer(many=True)
 
 
 class OpResultSerializer(serializers.Serializer[Any]):
@@ -64,12 +45,19 @@ class OpOutcomeSerializer(serializers.Serializer[Any]):
     detail = BlankAsNullCharField()
 
 
+@extend_schema_field(record_fields())
+class RecordFieldsField(serializers.DictField):
+    """A record's wire values, documented per entity (``operations.api.schema``)."""
+
+
 class ChangeSerializer(serializers.Serializer[Any]):
     entity = serializers.CharField()
     entity_id = serializers.UUIDField()
     version = serializers.IntegerField()
     state = serializers.ChoiceField(["live", "deleted", "revoked"])
-    fields = serializers.DictField(  # type: ignore[assignment] # see OpSerializer.fields
+    # DRF's metaclass takes declared fields off the class, so this never shadows
+    # ``Serializer.fields`` at run time; only the type checker sees the clash.
+    fields = RecordFieldsField(  # type: ignore[assignment]
         help_text="the whole current record; {} when revoked"
     )
     op_id = serializers.UUIDField(allow_null=True)

@@ -13,11 +13,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from common.exceptions import uuid_or_404
+from common.body import BodyTimeout
+from common.exceptions import throttled, uuid_or_404
+from common.ratelimit import Limit
+from common.serializers import RETRY_AFTER, error_responses
+from operations.api.schema import push_request
 from operations.api.serializers import (
     OpOutcomeSerializer,
     PullResponseSerializer,
-    PushRequestSerializer,
     PushResponseSerializer,
 )
 from operations.exceptions import Refusal, SyncError
@@ -38,6 +41,10 @@ def _read_push_body(request: Request) -> dict[str, Any]:
         body = request._request.body  # raw bytes; DRF's parsers are bypassed on purpose
     except RequestDataTooBig as exc:
         raise _batch_too_large("a push body may be at most 1 MiB") from exc
+    except BodyTimeout as exc:
+        raise SyncError(
+            "body_timeout", "the body did not arrive in time; send it again", Refusal.TIMEOUT
+        ) from exc
     if len(body) > settings.SYNC_MAX_PUSH_BYTES:
         raise _batch_too_large("a push body may be at most 1 MiB")
     try:
@@ -62,8 +69,12 @@ def _no_device() -> uuid.UUID:
 
 class PushView(APIView):
     @extend_schema(
-        request=PushRequestSerializer,
-        responses={200: PushResponseSerializer},
+        request={"application/json": push_request()},
+        responses={
+            200: PushResponseSerializer,
+            **error_responses(400, 401, 403, 408, 413, 415, 429),
+        },
+        parameters=[RETRY_AFTER],
         description="Store a batch of ops durably and answer per op (accepted, duplicate, "
         "rejected). Ops are applied asynchronously, per device in seq order.",
     )
@@ -78,6 +89,7 @@ class PushView(APIView):
         if len(ops) > settings.SYNC_MAX_OPS_PER_PUSH:
             raise _batch_too_large(f"at most {settings.SYNC_MAX_OPS_PER_PUSH} ops per push")
         assert isinstance(request.user, User)
+        _throttle("push", device_id, settings.SYNC_PUSHES_PER_MINUTE)
         results = op_batch_accept(request.user, device_id, ops, request.auth)
         return Response(PushResponseSerializer({"results": results}).data)
 
@@ -87,9 +99,15 @@ class PullView(APIView):
         parameters=[
             OpenApiParameter("device_id", OpenApiTypes.UUID, required=True),
             OpenApiParameter("cursor", OpenApiTypes.STR, required=False),
-            OpenApiParameter("limit", OpenApiTypes.INT, required=False),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": 1000},
+                required=False,
+                description="changes per page (default 500)",
+            ),
+            RETRY_AFTER,
         ],
-        responses={200: PullResponseSerializer},
+        responses={200: PullResponseSerializer, **error_responses(400, 401, 403, 410, 429)},
         description="What changed in the caller's scope since the cursor, in commit order, "
         "and the outcomes of this device's ops. 410 cursor_expired: resync without cursor.",
     )
@@ -98,8 +116,15 @@ class PullView(APIView):
         device_id = _device_id(request.query_params.get("device_id"))
         limit = _limit(request.query_params.get("limit"))
         cursor = request.query_params.get("cursor")
+        _throttle("pull", device_id, settings.SYNC_PULLS_PER_MINUTE)
         page = sync_pull(request.user, device_id, cursor, limit, request.auth)
         return Response(PullResponseSerializer(page).data)
+
+
+def _throttle(what: str, device_id: uuid.UUID, per_minute: int) -> None:
+    wait = Limit(f"device-{what}", per_minute, 60).hit(str(device_id))
+    if wait is not None:
+        raise throttled(f"this device sent more than {per_minute} {what} requests a minute", wait)
 
 
 def _limit(raw: str | None) -> int:
@@ -113,7 +138,7 @@ def _limit(raw: str | None) -> int:
 
 
 class OpOutcomeView(APIView):
-    @extend_schema(responses={200: OpOutcomeSerializer})
+    @extend_schema(responses={200: OpOutcomeSerializer, **error_responses(401, 403, 404)})
     def get(self, request: Request, op_id: str) -> Response:
         assert isinstance(request.user, User)
         parsed = uuid_or_404(op_id, "op")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ from operations.merge import merge_fields
 from operations.models import DeviceSyncState, Operation, OpStatus
 from operations.recording import Author, ChangeSet
 from operations.services.state import note_last_error, sync_state_lock
-from operations.validation import OpRejection
+from operations.validation import OpRejection, id_taken
 from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
 from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
@@ -74,11 +74,7 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
         if state is None:
             return 0, False
         device = state.device
-        candidates = list(
-            Operation.objects.filter(device_id=device.pk)
-            .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=state.done_seq))
-            .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
-        )
+        candidates = _candidates(state, careful)
         watermark = state.done_seq
         runnable = _runnable(state, candidates)
         progressed = bool(runnable) or state.done_seq > watermark
@@ -86,9 +82,11 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
         if runnable:
             changes = ChangeSet(device.organization_id, immediate=careful)
             batch = _Batch(device.user, Scope.of(device.user), runnable, changes)
-            _load_records(batch)
+            if not careful:  # careful: each op locks its own records, in its savepoint
+                _load_records(batch, runnable)
             for op in runnable:
-                _apply_guarded(batch, op, careful)
+                if op.status == OpStatus.PENDING:
+                    _apply_guarded(batch, op, careful)
             note_last_error(device.pk, runnable)
             Conflict.objects.bulk_create(batch.conflicts)
             _save_outcomes(runnable)
@@ -108,6 +106,44 @@ def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
             ],
         )  # fmt: skip
     return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
+
+
+def _candidates(state: DeviceSyncState, careful: bool) -> list[Operation]:
+    """The device's next ops in seq order. ``client_time`` is never read: the apply does not
+    need it. Carefully (after a failed batch), an op whose row cannot even be read is
+    finished as ``internal_error`` rather than blocking the ops behind it for ever."""
+    rows = (
+        Operation.objects.filter(device_id=state.pk)
+        .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=state.done_seq))
+        .defer("client_time")
+        .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
+    )
+    if not careful:
+        return list(rows)
+    try:
+        with transaction.atomic():
+            return list(rows)
+    except DatabaseError as exc:
+        log_warning("apply.unreadable_ops", device_id=str(state.pk), error=repr(exc))
+    return [_read_or_finish(state, op_id, seq) for op_id, seq in rows.values_list("op_id", "seq")]
+
+
+def _read_or_finish(state: DeviceSyncState, op_id: uuid.UUID, seq: int | None) -> Operation:
+    try:
+        with transaction.atomic():
+            return Operation.objects.defer("client_time").get(pk=op_id)
+    except DatabaseError as exc:
+        log_warning("op.internal_error", op_id=str(op_id), error=repr(exc))
+    # Only the columns the outcome needs: the rest of the row is what could not be read.
+    return Operation(
+        op_id=op_id,
+        device_id=state.pk,
+        seq=seq,
+        status=OpStatus.REJECTED,
+        code="internal_error",
+        detail="the server could not read this op",
+        finished_at=timezone.now(),
+    )
 
 
 def _save_outcomes(ops: list[Operation]) -> None:
@@ -168,7 +204,7 @@ def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Opera
             expected = op.seq
         if op.seq == expected:
             expected += 1
-        if op.status == OpStatus.PENDING:
+        if not op.rejected_at_push:  # pending, or unreadable and finished by _candidates
             runnable.append(op)
     else:
         state.gap_since = None
@@ -179,10 +215,10 @@ def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Opera
     return runnable
 
 
-def _load_records(batch: _Batch) -> None:
-    """Lock every record the batch touches, with the parent work orders, in global order."""
+def _load_records(batch: _Batch, ops: list[Operation]) -> None:
+    """Lock every record the ops touch, with the parent work orders, in global order."""
     keys: set[RecordKey] = set()
-    for op in batch.ops:
+    for op in ops:
         assert op.entity_id is not None
         keys.add((op.entity, op.entity_id))
         spec = ENTITIES[op.entity]
@@ -200,7 +236,7 @@ def _load_records(batch: _Batch) -> None:
             attr = spec.fields[spec.parent_field].attr(spec.parent_field)
             parents = spec.model.objects.filter(pk__in=ids).values_list(attr, flat=True)
             keys.update((WORK_ORDER.name, p) for p in parents)
-    batch.records = batch.changes.lock(keys)
+    batch.records.update(batch.changes.lock(keys - batch.records.keys()))
 
 
 def _apply_guarded(batch: _Batch, op: Operation, careful: bool) -> None:
@@ -224,8 +260,10 @@ def _apply_isolated(batch: _Batch, op: Operation) -> None:
     events, conflicts = len(batch.changes.events), len(batch.conflicts)
     assert op.entity_id is not None
     key = (op.entity, op.entity_id)
-    existed = key in batch.records
+    loaded = set(batch.records)
     try:
+        with transaction.atomic():  # released at once: the row locks it takes are kept
+            _load_records(batch, [op])
         with transaction.atomic():
             _apply_one(batch, op)
     except OpRejection:
@@ -234,10 +272,11 @@ def _apply_isolated(batch: _Batch, op: Operation) -> None:
         log_warning("op.internal_error", op_id=str(op.op_id), error=repr(exc))
         del batch.changes.events[events:]
         del batch.conflicts[conflicts:]
-        if existed:
+        # A savepoint rolled back releases the row locks it took: forget those rows.
+        for new in set(batch.records) - loaded:
+            del batch.records[new]
+        if key in batch.records:
             batch.records[key].refresh_from_db()
-        else:
-            batch.records.pop(key, None)
         raise OpRejection("internal_error", "the server could not apply this op") from exc
 
 
@@ -248,7 +287,7 @@ def _apply_one(batch: _Batch, op: Operation) -> None:
     author = Author.for_op(op)
     if op.action == "create":
         if record is not None:
-            raise OpRejection("entity_exists", f"{op.entity} {op.entity_id} already exists")
+            raise id_taken(op.entity, op.entity_id, _visible(batch, record))
         _check_parent(batch, spec, op.fields)
         _check_usernames(batch, spec, op.fields)
         record = batch.changes.create(spec, op.entity_id, op.fields, author)

@@ -23,7 +23,7 @@ from common.logging import log_event
 from operations.models import Operation, OpStatus
 from operations.recording import ChangeSet
 from operations.services.state import compacted_seq, note_last_error
-from operations.validation import CheckedOp, OpRejection, check_op
+from operations.validation import CheckedOp, OpRejection, check_op, id_taken
 from workorders.fields import Json
 from workorders.registry import ENTITIES, WORK_ORDER
 from workorders.scope import Scope
@@ -130,7 +130,7 @@ def _screen_against_records(checked: list[CheckedOp], scope: Scope) -> None:
         parent = _parent_id(op)
         if op.action == "create":
             if key in found:
-                op.rejection = OpRejection("entity_exists", f"{op.entity} {op.entity_id} exists")
+                op.rejection = id_taken(op.entity, op.entity_id, visible(key))
             elif (
                 parent is not None
                 and (WORK_ORDER.name, parent) in found

@@ -7,10 +7,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from accounts.models import Role, User
-from workorders.fields import Boolean, Choice, DateTime, FieldKind, Json, Text, Username
+from workorders.fields import (
+    Boolean,
+    Choice,
+    DateTime,
+    FieldError,
+    FieldKind,
+    Json,
+    Text,
+    Username,
+    parse_time,
+)
 from workspace.site import organization_of
 
 # Seconds are kept (step=1) so an untouched time from a phone is not "changed" by the form.
@@ -37,6 +48,7 @@ def form_field(label: str, kind: FieldKind, usernames: list[str], required: bool
             widget=forms.DateTimeInput(
                 attrs={"type": "datetime-local", "step": "1"}, format=FORM_TIME_FORMAT
             ),
+            validators=[_storable_time],
         )
     if isinstance(kind, Username):
         return forms.ChoiceField(
@@ -47,6 +59,14 @@ def form_field(label: str, kind: FieldKind, usernames: list[str], required: bool
     if isinstance(kind, Boolean):
         return forms.BooleanField(label=label, required=False)
     raise TypeError(f"no admin form field for {kind!r}")
+
+
+def _storable_time(value: datetime) -> None:
+    """The same bounds an op's time meets (``workorders.fields.parse_time``)."""
+    try:
+        parse_time(value.isoformat())
+    except FieldError as exc:
+        raise ValidationError(exc.detail) from exc
 
 
 def to_wire(kind: FieldKind, value: Any) -> Json:
