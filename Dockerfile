@@ -1,6 +1,10 @@
 # The production image: web (gunicorn), Celery worker and beat all run from it.
 FROM python:3.11-slim
 
+# The project's version (pyproject.toml; tests/test_release.py keeps them equal).
+LABEL org.opencontainers.image.title="fieldsync" \
+      org.opencontainers.image.version="0.2.0"
+
 # GUNICORN_CMD_ARGS: worker heartbeat files on tmpfs, as on an overlay filesystem they can
 # stall workers.
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,9 +16,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change doesn't reinstall them.
-COPY requirements.txt ./
-RUN pip install -r requirements.txt
+# Dependencies first, so a code change doesn't reinstall them; every one pinned and
+# hash-checked (make lock).
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
 COPY . .
 # collectstatic only reads files; the settings still ask for what a deployment sets at run time.

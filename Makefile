@@ -5,11 +5,16 @@ SHELL := /bin/bash
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-# Reinstall only when a requirements file changes.
+# Reinstall only when a lock file changes.
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.installed-bench
+PIP_INSTALL := $(PYTHON) -m pip install --disable-pip-version-check --quiet
 PYTEST_ARGS ?=
+# The lock tool lives in a throwaway venv: nothing at run time or in tests needs it.
+UV_VERSION := 0.13.9
+LOCK_ARGS ?=
 
-.PHONY: help venv install run lint test test-field bench clean-data
+.PHONY: help venv install run lint test test-field bench lock clean-data
 
 help:
 	@echo "make run                 web + Celery worker + beat (embedded Postgres, Redis, S3 where none is configured)"
@@ -17,6 +22,8 @@ help:
 	@echo "make lint                ruff check, ruff format --check, mypy, import rules (docs/architecture.md)"
 	@echo "make test-field          the full field day (tests/field): 3 phones, 100 MiB videos, faults"
 	@echo "make bench               the benchmarks, against their own database and object store"
+	@echo "make lock                re-pin requirements*.lock (with hashes) from requirements*.txt;"
+	@echo "                         keeps current pins unless LOCK_ARGS='--upgrade[-package NAME]'"
 	@echo "make clean-data CONFIRM=1  delete .data/ (everything make run stored)"
 
 venv install: $(INSTALLED)
@@ -32,8 +39,15 @@ $(PYTHON):
 	done; \
 	echo "Python 3.11 is required: neither python3.11 nor python3 is 3.11" >&2; exit 1
 
-$(INSTALLED): requirements.txt requirements-dev.txt | $(PYTHON)
-	$(PYTHON) -m pip install --disable-pip-version-check --quiet -r requirements-dev.txt
+# The editable client can carry no hash, so it stays out of the lock; its one dependency
+# (requests) is locked.
+$(INSTALLED): requirements-dev.lock client/pyproject.toml | $(PYTHON)
+	$(PIP_INSTALL) --require-hashes -r requirements-dev.lock
+	$(PIP_INSTALL) --no-deps -e ./client
+	touch $@
+
+$(BENCH_INSTALLED): requirements-bench.lock $(INSTALLED)
+	$(PIP_INSTALL) --require-hashes -r requirements-bench.lock
 	touch $@
 
 run: $(INSTALLED)
@@ -53,8 +67,23 @@ test: lint
 test-field: $(INSTALLED)
 	FIELD_DAY=full $(PYTHON) -m devstack test tests/field/test_field_day.py -s $(PYTEST_ARGS)
 
-bench: $(INSTALLED)
+bench: $(BENCH_INSTALLED)
 	$(PYTHON) -m devstack exec -- $(PYTHON) -m bench
+
+# The dev lock is resolved first; the runtime and bench locks take its versions, so production
+# and the benchmarks run exactly what the tests ran. --universal: one lock for every platform
+# a developer may be on, not just this one.
+lock: | $(PYTHON)
+	@tools=$$(mktemp -d) && trap 'rm -rf "$$tools"' EXIT && \
+	$(PYTHON) -m venv "$$tools" && \
+	"$$tools/bin/pip" install --disable-pip-version-check --quiet uv==$(UV_VERSION) && \
+	compile=("$$tools/bin/uv" pip compile --quiet --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command "make lock" $(LOCK_ARGS)) && \
+	"$${compile[@]}" requirements-dev.txt --no-emit-package fieldsync-client \
+		-o requirements-dev.lock && \
+	"$${compile[@]}" requirements.txt -c requirements-dev.lock -o requirements.lock && \
+	"$${compile[@]}" requirements-bench.txt --no-emit-package fieldsync-client \
+		-c requirements-dev.lock -o requirements-bench.lock
 
 clean-data:
 ifeq ($(CONFIRM),1)

@@ -23,8 +23,9 @@ timeout = 60
 graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
-# One line per request: client, request line, status, bytes, duration in ms, user agent.
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s"'
+# One line per request: client, request line, status, bytes, duration in ms, user agent and
+# the request id (common.logging), which the app's own lines for the request carry too.
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" %({x-request-id}o)s'
 # Nothing uses gunicornc, and its default socket in $HOME is shared by every gunicorn of a user
 # (and not writable for the image's user).
 control_socket_disable = True

@@ -1128,10 +1128,12 @@ def _warnings(steps: list[Step], foreign_workers: list[str]) -> list[str]:
 # Plot
 # ============================================================================================
 def plot(steps: list[Step], path: Path) -> None:
-    import matplotlib
+    # matplotlib is installed only for make bench (requirements-bench.txt), yet make lint
+    # type-checks this file with or without it.
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
     devices = [step.devices for step in steps]
     figure, (latency, cpu) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")

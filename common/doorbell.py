@@ -14,13 +14,15 @@ from __future__ import annotations
 from celery import current_app
 from django.db import transaction
 
-from common.logging import log_warning
+from common.logging import current_request_id, log_warning
 
 
 def ring(task: str, *args: str) -> None:
-    """Publish ``task(*args)`` without retrying; a failure is logged, never raised."""
+    """Publish ``task(*args)`` without retrying; a failure is logged, never raised. The
+    current request id goes along, so the task's log lines carry it too."""
     try:
-        current_app.send_task(task, args=args, retry=False)
+        headers = {"request_id": current_request_id()}
+        current_app.send_task(task, args=args, retry=False, headers=headers)
     except Exception as exc:  # noqa: BLE001 - any broker failure is survivable here
         log_warning("worker.ring_failed", task=task, task_args=list(args), error=repr(exc))
 

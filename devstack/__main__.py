@@ -148,7 +148,8 @@ def start_processes(env: dict[str, str], children: list[supervisor.Child]) -> No
     gunicorn = [python, "-m", "gunicorn", "-c", "gunicorn.conf.py", "syncserver.wsgi:application"]
     for name, command, child_env in [
         ("web", gunicorn, web_env),
-        ("worker", worker, env),
+        # The worker shares web's metrics directory (one host): /metrics shows its tasks too.
+        ("worker", worker, web_env),
         ("beat", beat, env),
     ]:
         children.append(supervisor.start(name, command, child_env, ROOT))

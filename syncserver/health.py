@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from common.logging import log_warning
+from common.metrics import recorded_metrics
 from common.net import is_operator
 from common.storage import s3_client
 
@@ -69,25 +73,89 @@ def readyz(request: HttpRequest) -> HttpResponse:
 
 
 class SyncCollector(Collector):
-    """Gauges read from Postgres at scrape time, so every web process reports the truth."""
+    """Gauges read at scrape time from Postgres and Redis, so every web process reports the
+    truth. Each family is read on its own: one that fails (a database or Redis outage) is
+    left out and logged, and the scrape still answers with the rest."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        from conflicts.models import Conflict, ConflictStatus
-        from operations.models import Operation
-
-        ops = GaugeMetricFamily("fieldsync_ops", "Ops in the op log by status", labels=["status"])
-        for status, count in _count_by(Operation.objects.values_list("status")):
-            ops.add_metric([status], count)
-        yield ops
-        conflicts = GaugeMetricFamily("fieldsync_open_conflicts", "Conflicts waiting for a person")
-        conflicts.add_metric([], Conflict.objects.filter(status=ConflictStatus.OPEN).count())
-        yield conflicts
+        readers = [_ops_by_status, _ops_finished, _apply_lag, _open_conflicts, _queue_depth]
+        for read in readers:
+            try:
+                family = read()
+            except (DatabaseError, redis.RedisError) as exc:
+                log_warning("metrics.read_failed", metric=read.__name__, error=repr(exc)[:300])
+                continue
+            yield family
 
 
-def _count_by(values: object) -> list[tuple[str, int]]:
-    from django.db.models import Count
+def _ops_by_status() -> GaugeMetricFamily:
+    from operations.models import Operation
 
-    return list(values.annotate(n=Count("pk")).values_list("status", "n"))  # type: ignore[attr-defined]
+    family = GaugeMetricFamily("fieldsync_ops", "Ops in the op log by status", labels=["status"])
+    counts = Operation.objects.values("status").annotate(n=Count("pk")).values_list("status", "n")
+    for status, count in counts:
+        family.add_metric([status], count)
+    return family
+
+
+def _ops_finished() -> GaugeMetricFamily:
+    from operations.models import FINISHED, Operation
+
+    family = GaugeMetricFamily(
+        "fieldsync_ops_finished_last_minute",
+        "Ops finished in the last 60 s by outcome (rejected includes ops refused at push)",
+        labels=["status"],
+    )
+    since = timezone.now() - timedelta(seconds=60)
+    # A range on the finished_at index: only the last minute's rows are read.
+    recent = Operation.objects.filter(finished_at__gte=since)
+    counts = dict(recent.values("status").annotate(n=Count("pk")).values_list("status", "n"))
+    for status in FINISHED:
+        family.add_metric([status], counts.get(status, 0))
+    return family
+
+
+def _apply_lag() -> GaugeMetricFamily:
+    from operations.models import Operation, OpStatus
+
+    # The first row of the partial index on pending ops' received_at.
+    oldest = (
+        Operation.objects.filter(status=OpStatus.PENDING)
+        .order_by("received_at")
+        .values_list("received_at", flat=True)
+        .first()
+    )
+    lag = (timezone.now() - oldest).total_seconds() if oldest is not None else 0.0
+    return GaugeMetricFamily(
+        "fieldsync_apply_lag_seconds", "Age of the oldest pending op (0 when none)", value=lag
+    )
+
+
+def _open_conflicts() -> GaugeMetricFamily:
+    from conflicts.models import Conflict, ConflictStatus
+
+    count = Conflict.objects.filter(status=ConflictStatus.OPEN).count()
+    return GaugeMetricFamily(
+        "fieldsync_open_conflicts", "Conflicts waiting for a person", value=count
+    )
+
+
+def _queue_depth() -> GaugeMetricFamily:
+    # Celery's Redis transport keeps a queue as a list named after it (priority 0, the one
+    # our tasks use); messages a worker has taken but not acked are not in it.
+    queue: str = settings.CELERY_TASK_DEFAULT_QUEUE
+    client = redis.Redis.from_url(
+        settings.CELERY_BROKER_URL, socket_timeout=1, socket_connect_timeout=1
+    )
+    try:
+        depth = client.llen(queue)
+    finally:
+        client.close()
+    family = GaugeMetricFamily(
+        "fieldsync_queue_depth", "Messages waiting in the Celery queue", labels=["queue"]
+    )
+    family.add_metric([queue], depth)
+    return family
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -97,9 +165,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
             status=403,
         )
     registry = CollectorRegistry()
+    registry.register(recorded_metrics())
     registry.register(SyncCollector())
-    if "PROMETHEUS_MULTIPROC_DIR" in __import__("os").environ:
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

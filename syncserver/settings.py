@@ -1,5 +1,6 @@
 """Settings, read from the environment only (see README "Configuration")."""
 
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# One version for the code, the OpenAPI document and the images: pyproject.toml's.
+VERSION: str = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]["version"]
 
 env = environ.Env()
 
@@ -65,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "common",
     "accounts",
     "workorders",
@@ -75,9 +79,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Outermost: every body is read under a deadline, and a refused one is drained (within a
-    # budget) before the answer goes out, whatever answered.
+    # First, so every log line of the request (the body deadline's included) carries its id.
+    "common.logging.RequestIdMiddleware",
+    # Around all the rest: every body is read under a deadline, and a refused one is drained
+    # (within a budget) before the answer goes out, whatever answered.
     "common.body.BodyDeadlineMiddleware",
+    # Counts and times every answer, the 503s and static files below it included.
+    "common.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Outermost of ours, so a database outage anywhere below answers 503, not 500.
     "common.middleware.DatabaseUnavailableMiddleware",
@@ -98,7 +106,8 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # The project's own pages (the API docs); each app keeps its templates itself.
+        "DIRS": [BASE_DIR / "syncserver" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -269,7 +278,16 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "fieldsync API",
     "DESCRIPTION": "Offline-first sync backend for field-service technicians.",
-    "VERSION": "1.0.0",
+    "VERSION": VERSION,
+    # Swagger UI and ReDoc from the package, not a CDN: the docs work offline, and with the
+    # split view (no inline script) under the docs pages' content security policy.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "operations.api.schema.add_components",
+    ],
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
@@ -288,7 +306,11 @@ LOGGING = {
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    # On the handler, not a logger: a logger's filters never see records that propagate to it.
+    "filters": {"context": {"()": "common.logging.ContextFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["context"]}
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "fieldsync": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
+from syncserver.docs import redoc, swagger_ui
 from syncserver.health import healthz, metrics, readyz
 
 api_v1 = [
@@ -15,7 +16,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/docs/", swagger_ui, name="docs"),
+    path("api/redoc/", redoc, name="redoc"),
     path("healthz", healthz),
     path("readyz", readyz),
     path("metrics", metrics),

@@ -26,6 +26,7 @@ from django.utils import timezone
 from accounts.models import User
 from common.doorbell import ring_after_commit
 from common.logging import log_event, log_warning
+from common.metrics import UPLOAD_BYTES
 from media import storage
 from media.exceptions import BodyInterrupted, Refusal, UploadError
 from media.models import Upload, UploadPart, UploadStatus
@@ -317,6 +318,7 @@ class _Appender:
                 )
             if final:
                 ring_after_commit(FINISH_UPLOAD_TASK, str(upload.pk))
+        UPLOAD_BYTES.inc(new_offset - upload.offset)
         for name, value in changes.items():
             setattr(upload, name, value)
         self.committed_parts += len(self.new_parts)

@@ -19,6 +19,7 @@ from django.utils import timezone
 from accounts.models import User
 from common.doorbell import ring, ring_after_commit
 from common.logging import log_event, log_warning
+from common.metrics import UPLOAD_VERIFICATIONS
 from media import storage
 from media.entity import ATTACHMENT
 from media.exceptions import Refusal, UploadError
@@ -277,6 +278,7 @@ def _attach(upload: Upload, digest: str) -> str:
         if locked.kind == Kind.PHOTO:
             ring_after_commit(THUMBNAIL_TASK, str(locked.pk))
     _release_tail(upload)
+    UPLOAD_VERIFICATIONS.labels("attached").inc()
     log_event("upload.attached", upload_id=str(upload.pk), sha256=digest, size=upload.length)
     return UploadStatus.ATTACHED
 
@@ -291,6 +293,8 @@ def _fail(upload: Upload, expected: str, code: str, detail: str) -> bool:
         status_changed_at=timezone.now(),
     )
     if moved:
+        if expected == UploadStatus.VERIFYING:  # not a termination: the file failed its checks
+            UPLOAD_VERIFICATIONS.labels("failed").inc()
         log_event("upload.failed", upload_id=str(upload.pk), code=code, detail=detail)
         upload_release_storage(upload)
     return bool(moved)

@@ -88,9 +88,48 @@ def _op(spec: EntitySpec, action: str) -> Schema:
     }
 
 
+def _name(entity: str, suffix: str) -> str:
+    return "".join(part.capitalize() for part in entity.split("_")) + suffix
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _op_components() -> dict[str, Schema]:
+    return {
+        _name(spec.name, f"{action.capitalize()}Op"): _op(spec, action)
+        for spec in ENTITIES.values()
+        for action in _actions(spec)
+    }
+
+
+def _record_components() -> dict[str, Schema]:
+    records: dict[str, Schema] = {
+        _name(spec.name, "Record"): {
+            "type": "object",
+            "title": spec.name,
+            "required": list(spec.fields),
+            "properties": {name: kind_schema(field.kind) for name, field in spec.fields.items()},
+        }
+        for spec in ENTITIES.values()
+    }
+    records["RevokedRecord"] = {"type": "object", "maxProperties": 0, "title": "revoked"}
+    return records
+
+
+def add_components(result: Schema, generator: Any, request: Any, public: bool) -> Schema:
+    """drf-spectacular post-processing hook: the op and record shapes as named components,
+    so a generated client has ``WorkOrderUpdateOp`` and ``WorkOrderRecord`` types."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update(_op_components())
+    schemas.update(_record_components())
+    return result
+
+
 @lru_cache(maxsize=1)
 def push_request() -> Schema:
-    ops = [_op(spec, action) for spec in ENTITIES.values() for action in _actions(spec)]
+    ops = [_ref(name) for name in _op_components()]
     return {
         "type": "object",
         "required": ["device_id", "ops"],
@@ -109,13 +148,4 @@ def push_request() -> Schema:
 @lru_cache(maxsize=1)
 def record_fields() -> Schema:
     """A change's ``fields``: the whole record of its entity, or {} when revoked."""
-    records = [
-        {
-            "type": "object",
-            "title": spec.name,
-            "required": list(spec.fields),
-            "properties": {name: kind_schema(field.kind) for name, field in spec.fields.items()},
-        }
-        for spec in ENTITIES.values()
-    ]
-    return {"oneOf": [*records, {"type": "object", "maxProperties": 0, "title": "revoked"}]}
+    return {"oneOf": [_ref(name) for name in _record_components()]}

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from accounts.models import User
 from common.body import BodyTimeout
 from common.exceptions import throttled, uuid_or_404
+from common.logging import bind_device
 from common.ratelimit import Limit
 from common.serializers import RETRY_AFTER, error_responses
 from operations.api.schema import push_request
@@ -83,6 +84,7 @@ class PushView(APIView):
         if "device_id" not in envelope:
             raise SyncError("invalid_envelope", "device_id is required")
         device_id = _device_id(envelope["device_id"])
+        bind_device(device_id)
         ops = envelope.get("ops")
         if not isinstance(ops, list):
             raise SyncError("invalid_envelope", "ops must be a list")
@@ -114,6 +116,7 @@ class PullView(APIView):
     def get(self, request: Request) -> Response:
         assert isinstance(request.user, User)
         device_id = _device_id(request.query_params.get("device_id"))
+        bind_device(device_id)
         limit = _limit(request.query_params.get("limit"))
         cursor = request.query_params.get("cursor")
         _throttle("pull", device_id, settings.SYNC_PULLS_PER_MINUTE)

@@ -274,19 +274,22 @@ def token_for() -> Callable[[Phone], str]:
 # ============================================================================================
 # tus-js-client (node)
 # ============================================================================================
-TUS_JS_CLIENT = "tus-js-client@4.3.1"
+# tus-js-client and everything it pulls in, pinned with integrity hashes by package-lock.json.
+TUS_JS_PACKAGE = Path(__file__).with_name("js")
 
 
 @pytest.fixture(scope="session")
 def tus_js() -> Iterator[Path]:
-    """A directory where ``node upload.mjs`` can import tus-js-client (installed by npm)."""
+    """A directory where ``node upload.mjs`` can import tus-js-client (installed by npm ci)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are not installed")
     workdir = Path(tempfile.mkdtemp(prefix="fieldsync-tusjs-"))
     try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(TUS_JS_PACKAGE / name, workdir / name)
         installed = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--silent", TUS_JS_CLIENT],
+            [npm, "ci", "--no-audit", "--no-fund", "--silent"],
             cwd=workdir,
             capture_output=True,
             text=True,
@@ -294,7 +297,7 @@ def tus_js() -> Iterator[Path]:
             check=False,
         )
         if installed.returncode != 0:
-            pytest.skip(f"npm could not install {TUS_JS_CLIENT}: {installed.stderr[-500:]}")
+            pytest.skip(f"npm ci could not install tus-js-client: {installed.stderr[-500:]}")
         shutil.copy(Path(__file__).with_name("tus_upload.mjs"), workdir / "upload.mjs")
         yield workdir
     finally:
