@@ -10,6 +10,8 @@ from django.db import models
 
 class Organization(models.Model):
     name = models.CharField(max_length=100, unique=True)
+    # Where its working day is: the dispatch board shows days in this zone (IANA name).
+    time_zone = models.CharField(max_length=64, default="UTC")
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import zoneinfo
 from datetime import datetime, timedelta
 
 from django.contrib.auth import authenticate
@@ -135,3 +136,11 @@ def admin_device_for(user: User) -> Device:
         defaults={"organization_id": user.org_id},
     )
     return device
+
+
+def organization_set_time_zone(organization_id: int, time_zone: str) -> None:
+    """Where the organisation's working day is (the dispatch board shows days in it)."""
+    if time_zone not in zoneinfo.available_timezones():
+        raise AccountError("invalid_time_zone", f"{time_zone!r} is not an IANA time zone name")
+    Organization.objects.filter(pk=organization_id).update(time_zone=time_zone)
+    log_event("organization.time_zone_set", organization_id=organization_id, time_zone=time_zone)

@@ -4,6 +4,7 @@ the API and the CLI do."""
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any
 
 from django import forms
@@ -13,20 +14,42 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 
 from accounts.exceptions import AccountError
-from accounts.models import ApiToken, Role, User
-from accounts.services import field_user_create, token_issue, token_revoke
+from accounts.models import ApiToken, Organization, Role, User
+from accounts.services import (
+    field_user_create,
+    organization_set_time_zone,
+    token_issue,
+    token_revoke,
+)
 from common.exceptions import DomainError
 from workspace.base import DispatcherAdmin
 from workspace.site import dispatcher_of
 
 
-class OrganizationAdmin(DispatcherAdmin):
-    """Organisations come to be with their first user (``create_field_user``)."""
+class OrganizationForm(forms.ModelForm):  # type: ignore[type-arg]
+    time_zone = forms.ChoiceField(
+        choices=[(zone, zone) for zone in sorted(zoneinfo.available_timezones())],
+        help_text="Where the working day is: the dispatch board shows days in this zone.",
+    )
 
+    class Meta:
+        model = Organization
+        fields = ("time_zone",)
+
+
+class OrganizationAdmin(DispatcherAdmin):
+    """Organisations come to be with their first user (``create_field_user``); a dispatcher
+    sets where their working day is."""
+
+    offers_change = True
     organization_path = "id"
-    list_display = ("name", "people", "created_at")
-    fields = ("name", "created_at")
-    readonly_fields = fields
+    form = OrganizationForm
+    list_display = ("name", "time_zone", "people", "created_at")
+    fields = ("name", "time_zone", "created_at")
+    readonly_fields = ("name", "created_at")
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        organization_set_time_zone(obj.pk, form.cleaned_data["time_zone"])
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         annotated: QuerySet[Any] = super().get_queryset(request).annotate(people=Count("users"))

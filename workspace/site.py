@@ -9,6 +9,7 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.http import HttpRequest
+from django.urls import URLPattern, URLResolver, path
 
 from accounts.models import Role, User
 from accounts.throttles import login_blocked, login_failed, login_succeeded
@@ -79,6 +80,19 @@ class FieldsyncAdminSite(admin.AdminSite):
     site_title = "fieldsync dispatch"
     index_title = "Dispatcher workspace"
     login_form = FieldsyncAdminAuthenticationForm
+    # The stock index with the dispatch board on top.
+    index_template = "admin/workspace_index.html"
 
     def has_permission(self, request: HttpRequest) -> bool:
         return may_use_admin(request.user)
+
+    def get_urls(self) -> list[URLPattern | URLResolver]:
+        # Imported here: this module is loaded with the app registry, before any model.
+        from workspace.board import views
+
+        board = [
+            path("board/", self.admin_view(views.board_view), name="board"),
+            path("board/move/", self.admin_view(views.move_view), name="board_move"),
+            path("board/changes/", self.admin_view(views.changes_view), name="board_changes"),
+        ]
+        return [*board, *super().get_urls()]

@@ -7,59 +7,22 @@ here. Set ADMIN_SCREENSHOTS_DIR=docs/screenshots to refresh the README's screens
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from accounts.models import Device
 from conflicts.models import Conflict
+from tests.admin.conftest import CHROMIUM, IN_CI, NO_CHROMIUM
 from tests.fixtures import Phone, settled
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-NO_CHROMIUM = "needs Debian's chromium at /usr/bin/chromium"
-# A developer's machine may lack the browser and skip this test; CI must run it (.ci/run
-# installs chromium), so there a missing browser fails it instead.
-IN_CI = os.environ.get("CI", "").lower() in {"true", "1"}
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not CHROMIUM.exists() and not IN_CI, reason=NO_CHROMIUM),
 ]
-
-
-@pytest.fixture
-def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{NO_CHROMIUM}: CI is set, so this test may not be skipped", pytrace=False)
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls
-    # are still plain synchronous code, so Django's async-safety guard must not trip.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    directory = Path(os.environ.get("ADMIN_SCREENSHOTS_DIR") or tmp_path)
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 def _field_work(dispatcher: Phone, tech: Phone) -> str:
