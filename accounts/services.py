@@ -105,8 +105,9 @@ TOUCH_INTERVAL = timedelta(seconds=5)
 
 
 def device_touch(device: Device, column: str, now: datetime) -> None:
-    """Stamp ``last_push_at`` or ``last_pull_at`` (throttled; never waits for a lock that a
-    long transaction holds on the row, as no sync engine transaction locks it)."""
+    """Stamp ``last_push_at`` or ``last_pull_at``, at most every few seconds. The apply does
+    not lock this row (its own state is ``operations.DeviceSyncState``), so a stamp never
+    waits for one."""
     if column not in ("last_push_at", "last_pull_at"):
         raise ValueError(f"not a sync timestamp: {column}")
     loaded = getattr(device, column)

@@ -125,7 +125,7 @@ class BodyDeadlineMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         declared = str(request.META.get("CONTENT_LENGTH") or "")
-        length = int(declared) if declared.isdigit() else 0
+        length = int(declared) if declared.isascii() and declared.isdigit() else 0
         if not length:
             return self.get_response(request)
         # Django reads the body through this private stream (``HttpRequest.read``).

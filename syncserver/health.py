@@ -55,8 +55,8 @@ CHECKS: dict[str, Callable[[], None]] = {
 
 
 def readyz(request: HttpRequest) -> HttpResponse:
-    """200 when every service answers, else 503. Anyone (a load balancer) gets the status;
-    operators also get which service is down. Why it is down goes to the log, never out."""
+    """200 when every service answers, else 503 naming what is down. Operators also get every
+    check's state. Why a service is down goes to the log, never out."""
     results: dict[str, str] = {}
     for name, check in CHECKS.items():
         try:
@@ -66,9 +66,11 @@ def readyz(request: HttpRequest) -> HttpResponse:
             log_warning("readiness.down", check=name, error=f"{type(exc).__name__}: {exc}"[:300])
             results[name] = "down"
     down = [name for name, state in results.items() if state != "ok"]
-    body: dict[str, object] = {"status": "ready" if not down else "unavailable"}
+    # The contract names what is down to anyone (service names, never why); the state of
+    # every check is for operators.
+    body: dict[str, object] = {"status": "ready" if not down else "unavailable", "down": down}
     if is_operator(request):
-        body |= {"checks": results, "down": down}
+        body["checks"] = results
     return JsonResponse(body, status=200 if not down else 503)
 
 

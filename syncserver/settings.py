@@ -87,7 +87,7 @@ MIDDLEWARE = [
     # Counts and times every answer, the 503s and static files below it included.
     "common.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Outermost of ours, so a database outage anywhere below answers 503, not 500.
+    # Outside every view, so a database outage anywhere below answers 503, not 500.
     "common.middleware.DatabaseUnavailableMiddleware",
     # Serves the admin's static files from gunicorn, so `make run` needs no web server.
     "whitenoise.middleware.WhiteNoiseMiddleware",

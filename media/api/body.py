@@ -47,7 +47,7 @@ class RequestBody:
         # The view reads (or drains) this body itself; the middleware leaves it alone.
         request.META[BODY_HANDLED] = True
         declared = request.META.get("CONTENT_LENGTH") or ""
-        if declared.isdigit():  # the server has refused a malformed one already
+        if declared.isascii() and declared.isdigit():  # the server refused malformed ones
             deadline = Deadline.for_body(request.META, int(declared))
             direct = SocketBody.of(request.META)
             if direct is not None:

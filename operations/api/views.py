@@ -36,7 +36,7 @@ def _batch_too_large(detail: str) -> SyncError:
 def _read_push_body(request: Request) -> dict[str, Any]:
     """Parse the push envelope ourselves: size limits first, then JSON, then shape."""
     declared = request.META.get("CONTENT_LENGTH") or "0"
-    if declared.isdigit() and int(declared) > settings.SYNC_MAX_PUSH_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > settings.SYNC_MAX_PUSH_BYTES:
         raise _batch_too_large("a push body may be at most 1 MiB")
     try:
         body = request._request.body  # raw bytes; DRF's parsers are bypassed on purpose
@@ -133,7 +133,8 @@ def _throttle(what: str, device_id: uuid.UUID, per_minute: int) -> None:
 def _limit(raw: str | None) -> int:
     if raw is None:
         return int(settings.SYNC_PULL_DEFAULT_LIMIT)
-    if not raw.isdigit() or not 1 <= int(raw) <= settings.SYNC_PULL_MAX_LIMIT:
+    # isdigit() alone admits "²", which int() refuses.
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= settings.SYNC_PULL_MAX_LIMIT:
         raise SyncError(
             "invalid_limit", f"limit must be an integer from 1 to {settings.SYNC_PULL_MAX_LIMIT}"
         )

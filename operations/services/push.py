@@ -70,7 +70,10 @@ def op_batch_accept(
             _mark_rejected(row, "seq_reused", f"seq {row.seq} is already used by another op")
         inserted |= _insert_ops(seq_clashes)
         refused = [r for r in rows.values() if r.op_id in inserted and r.rejected_at_push]
-        note_last_error(device.id, refused)
+        # After commit: the device's sync state row may be held by a running apply, and a
+        # push never waits for an apply inside its own transaction.
+        if refused:
+            transaction.on_commit(lambda: note_last_error(device.id, refused))
         if refused:
             changes = ChangeSet(device.organization_id)
             for row in refused:

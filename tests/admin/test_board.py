@@ -193,3 +193,26 @@ def test_the_board_shows_the_day_in_the_organisations_time_zone(
 
     assert "Times in Europe/Berlin" in html
     assert "Boiler service, Ada Lovelace, 10:00 to 11:30" in html
+
+
+@pytest.mark.parametrize(
+    "move",
+    [
+        {"day": "9999-12-31", "start": "23:30"},
+        {"day": "0001-01-01", "start": "00:00"},
+        {"assigned_to": "a\u0000b"},
+    ],
+)
+def test_a_move_with_values_out_of_range_is_a_400_never_a_500(
+    desk: Client, dispatcher: Phone, tech: Phone, move: dict[str, str]
+) -> None:
+    wo = _job(dispatcher, "Boiler service", tech, 9)
+    answer = _move(desk, wo, 1, **move)
+    assert answer.status_code == 400, answer.content
+    assert WorkOrder.objects.get(pk=wo).version == 1
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "²"])
+def test_any_day_or_cursor_in_the_address_shows_a_board(desk: Client, day: str) -> None:
+    assert desk.get("/admin/board/", {"day": day}).status_code == 200
+    assert desk.get("/admin/board/changes/", {"after": "²"}).status_code == 200

@@ -145,3 +145,9 @@ def test_unknown_paths_answer_json() -> None:
     response = APIClient().get("/no/such/path")
     assert response.status_code == 404
     assert response.json() == {"code": "not_found", "detail": "no such path"}
+
+
+def test_a_limit_of_unicode_digits_is_a_400(dispatcher: Phone) -> None:
+    params = {"device_id": dispatcher.device_id, "limit": "²"}
+    response = dispatcher.client.get("/api/v1/sync/pull", params)
+    assert (response.status_code, response.json()["code"]) == (400, "invalid_limit")

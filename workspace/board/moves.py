@@ -7,11 +7,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import transaction
+
 from accounts.models import User
+from common.exceptions import DomainError
 from operations.history import record_values_at
 from operations.models import Operation
 from operations.services import op_submit_local
-from workorders.fields import Json, display_value, format_datetime
+from workorders.fields import EARLIEST, LATEST, Json, display_value, format_datetime
 from workorders.models import WorkOrder
 from workorders.registry import WORK_ORDER
 from workspace.board.selectors import DEFAULT_LENGTH
@@ -36,22 +39,31 @@ class Move:
 
 def board_move(dispatcher: User, move: Move) -> Operation:
     """Make the move, unless the work order changed since the board showed it: a stale move
-    is refused with what changed, never applied over someone else's change."""
-    work_order = (
-        WorkOrder.objects.filter(pk=move.work_order_id, organization_id=dispatcher.org_id)
-        .select_related("assigned_to")
-        .first()
-    )
-    if work_order is None or work_order.deleted:
-        raise MoveRefused("This work order is no longer on the board.", 404)
-    if work_order.version != move.version:
-        raise MoveRefused(_what_changed(work_order, move.version), 409)
-    fields = _fields(work_order, move)
-    if not fields:
-        raise MoveRefused("Nothing to move: the work order is already there.", 400)
-    op = op_submit_local(dispatcher, WORK_ORDER.name, work_order.pk, "update", move.version, fields)
-    if op.status == "rejected":
-        raise MoveRefused(f"{op.code}: {op.detail}", 400)
+    is refused with what changed, never applied over someone else's change. The work order
+    stays locked from the check to the applied op (one transaction), so no change can land
+    in between."""
+    with transaction.atomic():
+        work_order = (
+            WorkOrder.objects.select_for_update(of=("self",))
+            .filter(pk=move.work_order_id, organization_id=dispatcher.org_id)
+            .select_related("assigned_to")
+            .first()
+        )
+        if work_order is None or work_order.deleted:
+            raise MoveRefused("This work order is no longer on the board.", 404)
+        if work_order.version != move.version:
+            raise MoveRefused(_what_changed(work_order, move.version), 409)
+        fields = _fields(work_order, move)
+        if not fields:
+            raise MoveRefused("Nothing to move: the work order is already there.", 400)
+        try:
+            op = op_submit_local(
+                dispatcher, WORK_ORDER.name, work_order.pk, "update", move.version, fields
+            )
+        except DomainError as exc:  # refused at push: a value the op may not carry
+            raise MoveRefused(f"{exc.code}: {exc.detail}", 400) from exc
+        if op.status == "rejected":
+            raise MoveRefused(f"{op.code}: {op.detail}", 400)
     return op
 
 
@@ -64,6 +76,8 @@ def _fields(work_order: WorkOrder, move: Move) -> dict[str, Json]:
         length = DEFAULT_LENGTH
         if work_order.scheduled_start and work_order.scheduled_end:
             length = max(work_order.scheduled_end - work_order.scheduled_start, DEFAULT_LENGTH / 4)
+        if not EARLIEST <= move.start <= LATEST - length:
+            raise MoveRefused("That time is outside the years the board can plan.", 400)
         fields["scheduled_start"] = format_datetime(move.start)
         fields["scheduled_end"] = format_datetime(move.start + length)
     return fields

@@ -17,6 +17,7 @@ from accounts.models import Device, DeviceKind, Organization, Role, User
 from conflicts.models import Conflict, ConflictStatus
 from media.models import Upload, UploadStatus
 from operations.models import FeedEntry, Operation, OpStatus
+from workorders.fields import EARLIEST, LATEST
 from workorders.models import Status, WorkOrder
 
 FIRST_HOUR, LAST_HOUR = 6, 22  # the window shown, widened for work outside it
@@ -86,12 +87,15 @@ class Board:
 
 
 def board_day(organization: Organization, requested: str | None) -> date:
-    """The requested day (YYYY-MM-DD), else today in the organisation's zone."""
+    """The requested day (YYYY-MM-DD, within the years times are held in), else today in
+    the organisation's zone."""
     if requested:
         try:
-            return date.fromisoformat(requested)
+            day = date.fromisoformat(requested)
         except ValueError:
-            pass
+            day = None
+        if day is not None and EARLIEST.date() < day < LATEST.date():
+            return day
     return timezone.now().astimezone(zone_of(organization)).date()
 
 
@@ -104,6 +108,14 @@ def board_for(organization: Organization, day: date, query: str = "") -> Board:
         .order_by("username")
         .values_list("pk", "username", "first_name", "last_name")
     )
+    # The cursor is read first: a change committed while the board is read is then above
+    # it, and the open board's next question finds it.
+    cursor = (
+        FeedEntry.objects.filter(organization=organization)
+        .order_by("-pos")
+        .values_list("pos", flat=True)
+        .first()
+    )
     orders = _work_orders(organization, start, end, zone)
     first, last = _window(orders, start)
     lanes = {
@@ -115,7 +127,7 @@ def board_for(organization: Organization, day: date, query: str = "") -> Board:
     for assignee, block in orders:
         lane = lanes.get(assignee) if assignee is not None else unassigned
         if lane is None:
-            continue  # assigned to someone no longer active: the list page shows it
+            continue  # assigned to someone not an active technician: the list page shows it
         if wanted and not _matches(wanted, block, lane):
             continue
         lane.blocks.append(_placed(block, start, first, last))
@@ -124,12 +136,6 @@ def board_for(organization: Organization, day: date, query: str = "") -> Board:
         lane for lane in lanes.values()
         if not wanted or lane.blocks or wanted in f"{lane.username} {lane.name}".lower()
     ]  # fmt: skip
-    cursor = (
-        FeedEntry.objects.filter(organization=organization)
-        .order_by("-pos")
-        .values_list("pos", flat=True)
-        .first()
-    )
     return Board(day, str(zone), first, last, unassigned, shown, cursor or 0, query)
 
 

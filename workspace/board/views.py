@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET, require_POST
 
+from workorders.fields import EARLIEST, LATEST
 from workspace.board.moves import Move, MoveRefused, board_move
 from workspace.board.selectors import board_changed_since, board_day, board_for, zone_of
 from workspace.site import dispatcher_of
@@ -71,7 +72,7 @@ def changes_view(request: HttpRequest) -> JsonResponse:
     if dispatcher is None or dispatcher.organization_id is None:
         return _refused("not_allowed", NOT_A_DISPATCHER, 403)
     after = request.GET.get("after", "0")
-    cursor = int(after) if after.isdigit() and len(after) < 19 else 0
+    cursor = int(after) if after.isascii() and after.isdigit() and len(after) < 19 else 0
     newest = board_changed_since(dispatcher.organization_id, cursor)
     return JsonResponse({"cursor": newest or cursor, "changed": newest is not None})
 
@@ -89,6 +90,8 @@ def _parse_move(body: bytes, zone: Any) -> Move:
     start = None
     if data.get("start"):
         day = date.fromisoformat(str(data["day"]))
+        if not EARLIEST.date() < day < LATEST.date():
+            raise ValueError("day is outside the years the board plans")
         start = datetime.combine(day, time.fromisoformat(str(data["start"])), tzinfo=zone)
     return Move(uuid.UUID(str(data["work_order_id"])), version, assigned_to, start)
 

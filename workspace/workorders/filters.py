@@ -28,7 +28,7 @@ class TechnicianFilter(admin.SimpleListFilter):
         value = self.value()
         if value == "none":
             return queryset.filter(assigned_to__isnull=True)
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             return queryset.filter(assigned_to_id=int(value))
         return queryset
 

@@ -90,7 +90,8 @@
     if (!track) return;
     event.preventDefault();
     track.classList.remove("fs-over");
-    const block = grid.querySelector(`.fs-block[data-id="${event.dataTransfer.getData("text/plain")}"]`);
+    const dragged = CSS.escape(event.dataTransfer.getData("text/plain"));
+    const block = grid.querySelector(`.fs-block[data-id="${dragged}"]`);
     if (!block) return;
     const row = track.closest(".fs-row");
     const start = block.dataset.start ? timeAt(track, event.clientX) : null;
@@ -125,8 +126,14 @@
     const url = new URL(root.dataset.changesUrl, location.href);
     url.searchParams.set("after", board().dataset.cursor);
     fetch(url, { credentials: "same-origin" })
-      .then((r) => r.json())
-      .then((answer) => (answer.changed && !dialog.open ? refresh() : null))
+      .then((r) => {
+        // A signed-out session answers with the login page: say so instead of going quiet.
+        if (!(r.headers.get("Content-Type") || "").includes("application/json")) {
+          say("This board is no longer live: sign in again and reload.");
+          return null;
+        }
+        return r.json().then((answer) => (answer.changed && !dialog.open ? refresh() : null));
+      })
       .catch(() => null)
       .finally(() => { busy = false; });
   }
