@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models import OuterRef, QuerySet
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -20,6 +20,7 @@ from accounts.models import Device, DeviceKind
 from accounts.services import device_deactivate
 from operations.models import DeviceSyncState, Operation, OpStatus
 from operations.selectors import device_health
+from workspace.annotations import count_of
 from workspace.base import DispatcherAdmin
 from workspace.paginator import EstimatedCountPaginator
 
@@ -33,14 +34,7 @@ def _sync_state(device: Device) -> DeviceSyncState:
 
 
 def _op_count(status: str) -> Coalesce:
-    count = (
-        Operation.objects.filter(device_id=OuterRef("pk"), status=status)
-        .order_by()
-        .values("device_id")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    return Coalesce(Subquery(count, output_field=IntegerField()), Value(0))
+    return count_of(Operation.objects.filter(device_id=OuterRef("pk"), status=status), "device_id")
 
 
 class DeviceAdmin(DispatcherAdmin):

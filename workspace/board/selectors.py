@@ -9,16 +9,15 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Count, IntegerField, Max, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import Count, Max
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import Device, DeviceKind, Organization, Role, User
-from conflicts.models import Conflict, ConflictStatus
-from media.models import Upload, UploadStatus
 from operations.models import FeedEntry, Operation, OpStatus
 from workorders.fields import EARLIEST, LATEST
 from workorders.models import Status, WorkOrder
+from workspace.annotations import count_of, open_conflicts_here, uploads_in_progress_here
 
 FIRST_HOUR, LAST_HOUR = 6, 22  # the window shown, widened for work outside it
 DONE = (Status.COMPLETED, Status.CANCELLED)
@@ -163,23 +162,6 @@ def _name(username: str, first: str, last: str) -> str:
 def _work_orders(
     organization: Organization, start: datetime, end: datetime, zone: zoneinfo.ZoneInfo
 ) -> list[tuple[int | None, Block]]:
-    conflicts = (
-        Conflict.objects.filter(work_order_id=OuterRef("pk"), status=ConflictStatus.OPEN)
-        .order_by()
-        .values("work_order_id")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    uploading = (
-        Upload.objects.filter(
-            work_order_id=OuterRef("pk"),
-            status__in=[UploadStatus.UPLOADING, UploadStatus.VERIFYING],
-        )
-        .order_by()
-        .values("work_order_id")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
     rows = (
         WorkOrder.objects.filter(
             organization=organization,
@@ -188,8 +170,8 @@ def _work_orders(
             scheduled_start__lt=end,
         )
         .annotate(
-            n_conflicts=Coalesce(Subquery(conflicts, output_field=IntegerField()), Value(0)),
-            n_uploading=Coalesce(Subquery(uploading, output_field=IntegerField()), Value(0)),
+            n_conflicts=count_of(open_conflicts_here(), "work_order_id"),
+            n_uploading=count_of(uploads_in_progress_here(), "work_order_id"),
         )
         .order_by("scheduled_start", "title")
         .values_list(

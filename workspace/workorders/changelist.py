@@ -8,16 +8,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.db.models import (
-    Count,
     DateTimeField,
-    IntegerField,
     Max,
     OuterRef,
     QuerySet,
     Subquery,
-    Value,
 )
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models.functions import Greatest
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -25,11 +22,11 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from accounts.models import Device, DeviceKind
-from conflicts.models import Conflict, ConflictStatus
 from operations.models import OpStatus
 from workorders.fields import Json
 from workorders.models import Status
 from workorders.registry import WORK_ORDER
+from workspace.annotations import count_of, open_conflicts_here
 from workspace.base import DispatcherAdmin
 from workspace.paginator import EstimatedCountPaginator
 from workspace.workorders.filters import (
@@ -46,17 +43,6 @@ from workspace.workorders.wire import technicians_for
 class WorkOrderActionForm(ActionForm):
     assign_to = forms.CharField(
         required=False, label="Technician", widget=forms.Select(choices=[("", "—")])
-    )
-
-
-def _open_conflicts() -> Subquery:
-    return Subquery(
-        Conflict.objects.filter(work_order_id=OuterRef("pk"), status=ConflictStatus.OPEN)
-        .order_by()
-        .values("work_order_id")
-        .annotate(n=Count("*"))
-        .values("n"),
-        output_field=IntegerField(),
     )
 
 
@@ -107,7 +93,10 @@ class WorkOrderChangelist(DispatcherAdmin):
         annotated: QuerySet[Any] = (
             super()
             .get_queryset(request)
-            .annotate(open_conflicts=Coalesce(_open_conflicts(), Value(0)), last_sync=_last_sync())
+            .annotate(
+                open_conflicts=count_of(open_conflicts_here(), "work_order_id"),
+                last_sync=_last_sync(),
+            )
         )
         return annotated
 

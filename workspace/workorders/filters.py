@@ -6,12 +6,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from conflicts.models import Conflict, ConflictStatus
-from media.models import Upload, UploadStatus
+from workspace.annotations import open_conflicts_here, uploads_in_progress_here
 from workspace.workorders.wire import technicians_for
 
 
@@ -84,9 +83,7 @@ class OpenConflictsFilter(YesFilter):
     parameter_name = "open_conflicts"
 
     def condition(self) -> Exists:
-        return Exists(
-            Conflict.objects.filter(work_order_id=OuterRef("pk"), status=ConflictStatus.OPEN)
-        )
+        return Exists(open_conflicts_here())
 
 
 class UploadingFilter(YesFilter):
@@ -94,12 +91,7 @@ class UploadingFilter(YesFilter):
     parameter_name = "uploading"
 
     def condition(self) -> Exists:
-        return Exists(
-            Upload.objects.filter(
-                work_order_id=OuterRef("pk"),
-                status__in=[UploadStatus.UPLOADING, UploadStatus.VERIFYING],
-            )
-        )
+        return Exists(uploads_in_progress_here())
 
 
 class RecordStateFilter(admin.SimpleListFilter):
