@@ -9,8 +9,12 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from accounts.authcache import GenerationCache
 from accounts.exceptions import AccountError, Refusal
 from accounts.models import ApiToken, User
+
+# Token rows (with user and organisation) by key hash; see ``accounts.authcache``.
+_tokens: GenerationCache[ApiToken] = GenerationCache()
 
 
 def hash_key(key: str) -> str:
@@ -34,11 +38,8 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             key = header[1].decode()
         except UnicodeError as exc:
             raise exceptions.AuthenticationFailed("Malformed token.") from exc
-        token = (
-            ApiToken.objects.select_related("user", "user__organization")
-            .filter(key_hash=hash_key(key), revoked_at__isnull=True)
-            .first()
-        )
+        key_hash = hash_key(key)
+        token = _tokens.get(key_hash, lambda: _load(key_hash))
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         if token.user.organization_id is None:
@@ -53,8 +54,17 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         return self.keyword
 
 
+def _load(key_hash: str) -> ApiToken | None:
+    return (
+        ApiToken.objects.select_related("user", "user__organization")
+        .filter(key_hash=key_hash, revoked_at__isnull=True)
+        .first()
+    )
+
+
 def touch_token(token: ApiToken) -> None:
-    """Record use at most once a minute, so auth stays one query on the hot path."""
+    """Record use at most once a minute (per process), so authentication writes nothing on
+    the hot path."""
     now = timezone.now()
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

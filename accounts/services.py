@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts import authcache
 from accounts.authentication import hash_key, new_key
 from accounts.exceptions import AccountError, Refusal
 from accounts.models import ApiToken, Device, DeviceKind, Organization, Role, User
@@ -67,6 +68,7 @@ def token_issue(user: User) -> str:
 
 def token_revoke(token_id: int) -> None:
     ApiToken.objects.filter(pk=token_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    authcache.changed_after_commit()
     log_event("token.revoked", token_id=token_id)
 
 
@@ -75,7 +77,11 @@ def device_claim(user: User, device_id: uuid.UUID, token: object = None) -> Devi
 
     A token is bound to the first device it syncs with, so deactivating a lost device
     revokes exactly the tokens that device holds."""
-    device = Device.objects.filter(pk=device_id).first()
+    if isinstance(token, ApiToken) and token.device_id == device_id:
+        # Loaded once, then cached with the token (accounts.authcache).
+        device = token.device
+    else:
+        device = Device.objects.filter(pk=device_id).first()
     if device is None:
         try:
             with transaction.atomic():
@@ -95,17 +101,18 @@ def device_claim(user: User, device_id: uuid.UUID, token: object = None) -> Devi
         )
     if isinstance(token, ApiToken) and token.device_id is None:
         ApiToken.objects.filter(pk=token.pk, device__isnull=True).update(device=device)
-        token.device_id = device.pk
+        token.device = device
     return device
 
 
-# A device's last push and pull are stamped at most this often: a phone syncing every few
-# seconds must not cost a write on every request.
-TOUCH_INTERVAL = timedelta(seconds=5)
+# A device's last push and pull are stamped at most this often (per web process, which
+# remembers the stamp with the device): a phone syncing every few seconds must not cost a
+# write on every request. The workspace shows them to the minute.
+TOUCH_INTERVAL = timedelta(seconds=30)
 
 
 def device_touch(device: Device, column: str, now: datetime) -> None:
-    """Stamp ``last_push_at`` or ``last_pull_at``, at most every few seconds. The apply does
+    """Stamp ``last_push_at`` or ``last_pull_at``, at most every ``TOUCH_INTERVAL``. The apply does
     not lock this row (its own state is ``operations.DeviceSyncState``), so a stamp never
     waits for one."""
     if column not in ("last_push_at", "last_pull_at"):
@@ -125,6 +132,7 @@ def device_deactivate(device_id: uuid.UUID) -> int:
         revoked = ApiToken.objects.filter(device_id=device_id, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
+        authcache.changed_after_commit()
     log_event("device.deactivated", device_id=str(device_id), tokens_revoked=revoked)
     return revoked
 

@@ -101,7 +101,8 @@ COMPONENTS = ("generator", "gunicorn", "celery", "postgres", "redis")
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?]+)\S* HTTP/1\.1" (?P<status>\d{3}) ')
 ACCESS_MS = re.compile(r" (?P<ms>\d+)ms ")
 TASK_DONE = re.compile(
-    r"apply_device_ops_task\[[^\]]+\] succeeded in (?P<seconds>[0-9.]+)s: (?P<finished>\d+)"
+    r"apply_(?:pending|device)_ops_task\[[^\]]+\] succeeded in (?P<seconds>[0-9.]+)s: "
+    r"(?P<finished>\d+)"
 )
 
 

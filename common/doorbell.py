@@ -11,10 +11,16 @@ task modules import their services; nothing imports the other way).
 
 from __future__ import annotations
 
+import redis
 from celery import current_app
 from django.db import transaction
 
 from common.logging import current_request_id, log_warning
+from common.shared_redis import shared_redis
+
+# How long a coalescing flag may outlive a ring whose message was lost: after this, the
+# next ring sends again (the sweep covers the rest).
+FLAG_SECONDS = 5
 
 
 def ring(task: str, *args: str) -> None:
@@ -31,3 +37,26 @@ def ring_after_commit(task: str, *args: str) -> None:
     """Ring once the current transaction commits (at once outside a transaction), so the
     worker never looks for rows it cannot see yet."""
     transaction.on_commit(lambda: ring(task, *args))
+
+
+def ring_coalesced(task: str, flag: str) -> None:
+    """Ring ``task`` (no arguments) unless a ring of it is already waiting for a worker.
+
+    ``flag`` is set when a ring is sent and cleared by the task as it starts (``answered``),
+    before it looks for work: whatever commits after that rings again, whatever committed
+    before it is found. So a thousand pushes a second send a handful of messages, not a
+    thousand. When Redis cannot say, ring anyway."""
+    try:
+        if not shared_redis().set(flag, "1", nx=True, ex=FLAG_SECONDS):
+            return
+    except redis.RedisError as exc:
+        log_warning("worker.flag_unavailable", task=task, error=repr(exc))
+    ring(task)
+
+
+def answered(flag: str) -> None:
+    """The task rung under ``flag`` has started: the next ring must send again."""
+    try:
+        shared_redis().delete(flag)
+    except redis.RedisError as exc:
+        log_warning("worker.flag_unavailable", flag=flag, error=repr(exc))

@@ -37,6 +37,10 @@ def log_warning(event: str, **fields: Any) -> None:
     _logger.warning(event, extra={"event": event, **fields})
 
 
+def log_error(event: str, **fields: Any) -> None:
+    _logger.error(event, extra={"event": event, **fields})
+
+
 def current_request_id() -> str | None:
     return _request_id.get()
 

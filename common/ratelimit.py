@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
-from django.conf import settings
 
 from common.logging import log_warning
-
-
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    # Thread-safe, and its pool notices a fork: one per process (and URL) is enough.
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-
-def _redis() -> redis.Redis:
-    return _client(settings.REDIS_URL)
+from common.shared_redis import shared_redis as _redis
 
 
 @dataclass(frozen=True)

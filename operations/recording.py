@@ -83,6 +83,7 @@ class ChangeSet:
     # apply loop's op-by-op fallback needs it, to undo one op's in-memory changes exactly.
     immediate: bool = False
     events: list[Event] = field(default_factory=list)
+    _created: dict[tuple[str, uuid.UUID], SyncedRecord] = field(default_factory=dict)
     _dirty: dict[tuple[str, uuid.UUID], SyncedRecord] = field(default_factory=dict)
     _feed: dict[tuple[str, uuid.UUID], _FeedRow] = field(default_factory=dict)
     _outcomes: list[Operation] = field(default_factory=list)
@@ -95,22 +96,7 @@ class ChangeSet:
     # --- reading ----------------------------------------------------------------------
     def lock(self, keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], Any]:
         """Lock and load existing records (any organisation; callers check scope)."""
-        by_entity: dict[str, set[uuid.UUID]] = {}
-        for entity, entity_id in keys:
-            by_entity.setdefault(entity, set()).add(entity_id)
-        found: dict[tuple[str, uuid.UUID], Any] = {}
-        for name, spec in ENTITIES.items():  # registry order is the global lock order
-            ids = by_entity.get(name)
-            if not ids:
-                continue
-            rows = (
-                spec.model.objects.select_for_update(no_key=True, of=("self",))
-                .select_related(*spec.select_related)
-                .filter(pk__in=sorted(ids))
-                .order_by("pk")
-            )
-            found.update(((name, obj.pk), obj) for obj in rows)
-        return found
+        return lock_records(keys)
 
     # --- writing ----------------------------------------------------------------------
     def create(
@@ -121,7 +107,10 @@ class ChangeSet:
             field_spec = spec.fields[name]
             field_spec.kind.store(obj, field_spec.attr(name), value, self.users)
         obj.field_meta = {name: author.meta(1) for name in values}
-        obj.save(force_insert=True)
+        if self.immediate:
+            obj.save(force_insert=True)
+        else:  # inserted in ``flush``, with every other record this change set creates
+            self._created[(spec.name, obj.pk)] = obj
         self._record_event(
             spec, obj, EventKind.CREATE, {k: [None, v] for k, v in values.items()}, author
         )
@@ -173,8 +162,12 @@ class ChangeSet:
     def flush(self) -> None:
         """Write the changed records, the events and the feed entries. Call last in the
         transaction."""
-        for spec, records in self._dirty_by_entity():
+        # Parents first (registry order): a new child may reference a new work order.
+        for spec, records in _by_entity(self._created):
+            spec.model.objects.bulk_create(records)
+        for spec, records in _by_entity(self._dirty):
             _update_records(spec, records)
+        self._created.clear()
         self._dirty.clear()
         if self.events:
             Event.objects.bulk_create(self.events)
@@ -192,14 +185,8 @@ class ChangeSet:
     def _write(self, spec: EntitySpec, obj: SyncedRecord) -> None:
         if self.immediate:
             obj.save()
-        else:
+        elif (spec.name, obj.pk) not in self._created:  # an insert carries its last state
             self._dirty[(spec.name, obj.pk)] = obj
-
-    def _dirty_by_entity(self) -> list[tuple[EntitySpec, list[SyncedRecord]]]:
-        grouped: dict[str, list[SyncedRecord]] = {}
-        for (entity, _), obj in self._dirty.items():
-            grouped.setdefault(entity, []).append(obj)
-        return [(ENTITIES[name], objs) for name, objs in grouped.items()]
 
     def _record_event(
         self,
@@ -302,6 +289,37 @@ class ChangeSet:
         return dict(
             WorkOrder.objects.filter(pk__in=work_order_ids).values_list("pk", "assigned_to_id")
         )
+
+
+def lock_records(keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], Any]:
+    """Lock (FOR NO KEY UPDATE) and load existing records of any organisation, one query per
+    entity, in the global lock order (registry order, then id) every writer keeps."""
+    by_entity: dict[str, set[uuid.UUID]] = {}
+    for entity, entity_id in keys:
+        by_entity.setdefault(entity, set()).add(entity_id)
+    found: dict[tuple[str, uuid.UUID], Any] = {}
+    for name, spec in ENTITIES.items():  # registry order is the global lock order
+        ids = by_entity.get(name)
+        if not ids:
+            continue
+        rows = (
+            spec.model.objects.select_for_update(no_key=True, of=("self",))
+            .select_related(*spec.select_related)
+            .filter(pk__in=sorted(ids))
+            .order_by("pk")
+        )
+        found.update(((name, obj.pk), obj) for obj in rows)
+    return found
+
+
+def _by_entity(
+    records: dict[tuple[str, uuid.UUID], SyncedRecord],
+) -> list[tuple[EntitySpec, list[SyncedRecord]]]:
+    """Records grouped by entity, in registry order."""
+    grouped: dict[str, list[SyncedRecord]] = {}
+    for (entity, _), obj in records.items():
+        grouped.setdefault(entity, []).append(obj)
+    return [(spec, grouped[name]) for name, spec in ENTITIES.items() if name in grouped]
 
 
 def _update_records(spec: EntitySpec, records: list[SyncedRecord]) -> None:

@@ -8,7 +8,14 @@ import uuid
 from celery import shared_task
 from django.db import OperationalError
 
-from operations.services import APPLY_TASK, device_apply_pending, history_compact, ops_sweep
+from operations.services import (
+    APPLY_TASK,
+    DRAIN_TASK,
+    device_apply_pending,
+    history_compact,
+    ops_apply_drain,
+    ops_sweep,
+)
 
 
 @shared_task(
@@ -21,6 +28,18 @@ from operations.services import APPLY_TASK, device_apply_pending, history_compac
 )
 def apply_device_ops_task(device_id: str) -> int:
     return device_apply_pending(uuid.UUID(device_id))
+
+
+@shared_task(
+    name=DRAIN_TASK,
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=5,
+)
+def apply_pending_ops_task() -> int:
+    return ops_apply_drain()
 
 
 @shared_task(acks_late=True)

@@ -252,7 +252,11 @@ SYNC_STALE_PENDING_SECONDS = env.float("SYNC_STALE_PENDING_SECONDS", default=10.
 SYNC_RETENTION_DAYS = env.int("SYNC_RETENTION_DAYS", default=90)
 SYNC_MAX_OPS_PER_PUSH = 500
 SYNC_MAX_PUSH_BYTES = 1024 * 1024
+# An apply round (one transaction) takes up to SYNC_APPLY_BATCH ops of each of up to
+# SYNC_APPLY_DEVICES devices: bigger rounds cost fewer statements per op, smaller ones hold
+# their locks for less time (docs/sync.md).
 SYNC_APPLY_BATCH = env.int("SYNC_APPLY_BATCH", default=100)
+SYNC_APPLY_DEVICES = env.int("SYNC_APPLY_DEVICES", default=32)
 # Per device, per minute: far above what a phone syncing every few seconds sends, low enough
 # that a runaway client cannot hog the web processes.
 SYNC_PUSHES_PER_MINUTE = env.int("SYNC_PUSHES_PER_MINUTE", default=600)

@@ -8,7 +8,7 @@
 - ``state``: the per-device sync state row they share.
 """
 
-from operations.services.apply import device_apply_pending
+from operations.services.apply import DRAIN_TASK, device_apply_pending, ops_apply_drain
 from operations.services.local import op_submit_local
 from operations.services.pull import sync_pull
 from operations.services.push import APPLY_TASK, PushResult, op_batch_accept, ring_device
@@ -16,11 +16,13 @@ from operations.services.retention import history_compact, ops_sweep
 
 __all__ = [
     "APPLY_TASK",
+    "DRAIN_TASK",
     "PushResult",
     "device_apply_pending",
     "history_compact",
     "op_batch_accept",
     "op_submit_local",
+    "ops_apply_drain",
     "ops_sweep",
     "ring_device",
     "sync_pull",

@@ -1,14 +1,23 @@
-"""Apply: a device's pending ops, in seq order, with the per-field merge rules.
+"""Apply: devices' pending ops, each device's in seq order, with the per-field merge rules.
 
-One transaction per batch: the device's sync state row is locked (so one worker at a time
-walks a device's ops), the records the batch touches are locked in one global order, and
-the new record states, events, conflicts, op outcomes and feed entries are written together.
-An op is applied at most once whatever the workers do: its event is unique per op.
+Work is done in *rounds*. A round is one transaction that claims up to SYNC_APPLY_DEVICES
+devices with work (their sync state rows, locked with SKIP LOCKED, so each device is walked
+by one worker at a time while several workers share the rest), takes up to SYNC_APPLY_BATCH
+ops of each, locks every record they touch in one global order, applies them in memory and
+writes the new record states, events, conflicts, op outcomes and feed entries with a fixed
+number of statements, however many ops the round holds.
+
+Devices are claimed fairly: each organisation's devices take turns (first the device with
+the oldest pending op of every organisation, then the second of each, ...), so a tenant
+pushing tens of thousands of ops never holds back another tenant's next op by more than a
+round. An op is applied at most once whatever the workers do: its status flips from pending
+in the same transaction that writes its event, which is unique per op.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +28,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from common.doorbell import answered, ring_coalesced
 from common.logging import log_event, log_warning
 from conflicts.models import Conflict
 from operations.history import record_values_at
 from operations.merge import merge_fields
 from operations.models import DeviceSyncState, Operation, OpStatus
-from operations.recording import Author, ChangeSet
-from operations.services.state import note_last_error, sync_state_lock
+from operations.recording import Author, ChangeSet, lock_records
+from operations.services.state import note_last_errors, sync_states_lock
 from operations.validation import OpRejection, id_taken
 from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
@@ -33,10 +43,16 @@ from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 from workorders.scope import Scope
 
 RecordKey = tuple[str, uuid.UUID]
+DRAIN_TASK = "operations.tasks.apply_pending_ops_task"
+# Set while a drain task waits for a worker, so a push rings only when none is waiting.
+DRAIN_FLAG = "fieldsync:apply:rung"
 
 
 @dataclass
 class _Batch:
+    """One device's share of a round. Records and conflicts are shared by the whole round,
+    so two devices editing one record in a round see each other's changes in order."""
+
     user: User
     scope: Scope
     ops: list[Operation]
@@ -45,87 +61,189 @@ class _Batch:
     conflicts: list[Conflict] = field(default_factory=list)
 
 
-def device_apply_pending(device_id: uuid.UUID, max_batches: int = 100) -> int:
-    """Apply a device's pending ops in seq order, in batches; returns how many finished.
+@dataclass
+class _Round:
+    claimed: list[uuid.UUID] = field(default_factory=list)
+    finished: int = 0
+    # Some device has more ops waiting than a round takes, and it moved forward.
+    more: bool = False
 
-    Safe to run in several workers at once: each batch holds the device's sync state lock, and an
-    op can only be applied once (its status flips from pending in the same transaction that
-    writes its event, which is unique per op).
-    """
+
+def ring_drain() -> None:
+    """Ask a worker to drain pending ops, unless a drain is already waiting for one; after
+    the current transaction commits."""
+    transaction.on_commit(lambda: ring_coalesced(DRAIN_TASK, DRAIN_FLAG))
+
+
+def ops_apply_drain(budget_seconds: float = 10.0) -> int:
+    """Apply pending ops of any devices, round after round, until none is left that this
+    worker can claim; returns how many finished. Past the budget it rings for another drain
+    and returns, so a long backlog is worked in tasks of bounded length."""
+    answered(DRAIN_FLAG)  # from here on, a new push rings again
+    finished = 0
+    deadline = time.monotonic() + budget_seconds
+    while True:
+        done = _round_or_carefully(None)
+        finished += done.finished
+        if not done.claimed or not (done.finished or done.more):
+            return finished
+        if time.monotonic() > deadline:
+            ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
+            return finished
+        if done.more or len(done.claimed) >= settings.SYNC_APPLY_DEVICES:
+            # More than a round's worth is waiting: ask another worker to join in (it claims
+            # other devices; when there are none it finds nothing and stops).
+            ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
+
+
+def device_apply_pending(device_id: uuid.UUID, max_batches: int = 100) -> int:
+    """Apply one device's pending ops in seq order, in rounds of that device alone (the
+    sweep's way in, and the workspace's, which applies a dispatcher's edit at once);
+    returns how many finished."""
     finished = 0
     for _ in range(max_batches):
-        try:
-            done, more = _apply_batch(device_id, careful=False)
-        except Exception as exc:  # noqa: BLE001 - an unexpected bug in one op
-            # Retry the batch op by op in savepoints, so one poisoned op is rejected with
-            # ``internal_error`` instead of blocking every op behind it.
-            log_warning("apply.batch_failed", device_id=str(device_id), error=repr(exc))
-            done, more = _apply_batch(device_id, careful=True)
-        finished += done
-        if not more:
+        done = _round_or_carefully([device_id])
+        finished += done.finished
+        if not done.more:
             break
     return finished
 
 
-def _apply_batch(device_id: uuid.UUID, careful: bool) -> tuple[int, bool]:
-    logs: list[Operation] = []
+def _round_or_carefully(devices: list[uuid.UUID] | None) -> _Round:
+    claimed: list[uuid.UUID] = []
+    try:
+        return _apply_round(devices, careful=False, claimed=claimed)
+    except Exception as exc:  # an unexpected bug in one op
+        if not claimed:
+            raise  # nothing was claimed: the database itself failed, let the task retry
+        # Retry device by device, op by op in savepoints, so one poisoned op is rejected
+        # with ``internal_error`` instead of blocking every op behind it.
+        log_warning("apply.batch_failed", devices=[str(d) for d in claimed], error=repr(exc))
+        total = _Round()
+        for device_id in claimed:
+            done = _apply_round([device_id], careful=True, claimed=[])
+            total.claimed += done.claimed
+            total.finished += done.finished
+            total.more = total.more or done.more
+        return total
+
+
+def _apply_round(
+    devices: list[uuid.UUID] | None, careful: bool, claimed: list[uuid.UUID]
+) -> _Round:
+    """One round: claim devices (these, or any with work), apply their next ops, write."""
+    done = _Round()
+    logs: list[tuple[DeviceSyncState, list[Operation]]] = []
     with transaction.atomic():
-        state = sync_state_lock(device_id)
-        if state is None:
-            return 0, False
-        device = state.device
-        candidates = _candidates(state, careful)
-        watermark = state.done_seq
-        runnable = _runnable(state, candidates)
-        progressed = bool(runnable) or state.done_seq > watermark
-        state.save(update_fields=["done_seq", "gap_since", "gap_seq", "skipped_seqs"])
-        if runnable:
-            changes = ChangeSet(device.organization_id, immediate=careful)
-            batch = _Batch(device.user, Scope.of(device.user), runnable, changes)
+        states = sync_states_lock(devices, settings.SYNC_APPLY_DEVICES)
+        claimed.extend(s.pk for s in states)
+        done.claimed = list(claimed)
+        if not states:
+            return done
+        candidates = _candidates(states, careful)
+        changesets: dict[int, ChangeSet] = {}
+        records: dict[RecordKey, Any] = {}
+        conflicts: list[Conflict] = []
+        batches: list[_Batch] = []
+        for state in states:
+            ops = candidates.get(state.pk, [])
+            watermark = state.done_seq
+            runnable = _runnable(state, ops)
+            progressed = bool(runnable) or state.done_seq > watermark
+            done.more = done.more or (len(ops) >= settings.SYNC_APPLY_BATCH and progressed)
+            if runnable:
+                org = state.device.organization_id
+                changes = changesets.setdefault(org, ChangeSet(org, immediate=careful))
+                user = state.device.user
+                batches.append(_Batch(user, Scope.of(user), runnable, changes, records, conflicts))
+                logs.append((state, runnable))
+        _save_states(states)
+        if batches:
             if not careful:  # careful: each op locks its own records, in its savepoint
-                _load_records(batch, runnable)
-            for op in runnable:
-                if op.status == OpStatus.PENDING:
-                    _apply_guarded(batch, op, careful)
-            note_last_error(device.pk, runnable)
-            Conflict.objects.bulk_create(batch.conflicts)
-            _save_outcomes(runnable)
-            for op in runnable:
-                batch.changes.outcome(op)
-            batch.changes.flush()
-            logs = runnable
-    if logs:
+                _load_records(records, [op for b in batches for op in b.ops])
+            for batch in batches:
+                for op in batch.ops:
+                    if op.status == OpStatus.PENDING:
+                        _apply_guarded(batch, op, careful)
+            ops = [op for b in batches for op in b.ops]
+            note_last_errors(ops)
+            Conflict.objects.bulk_create(conflicts)
+            _save_outcomes(ops)
+            for batch in batches:
+                for op in batch.ops:
+                    batch.changes.outcome(op)
+            # Organisations in one order: each flush takes its organisation's feed lock, held
+            # to commit, and rounds must not wait for each other in a circle.
+            for org in sorted(changesets):
+                changesets[org].flush()
+            done.finished = len(ops)
+    for state, ops in logs:
         log_event(
             "ops.finished",
-            device_id=str(device_id),
+            device_id=str(state.pk),
             done_seq=state.done_seq,
             ops=[
                 [str(op.op_id), op.seq, op.status, op.entity, str(op.entity_id), op.version,
                  op.code, op.overridden_fields, op.conflict_ids]
-                for op in logs
+                for op in ops
             ],
         )  # fmt: skip
-    return len(logs), len(candidates) >= settings.SYNC_APPLY_BATCH and progressed
+    return done
 
 
-def _candidates(state: DeviceSyncState, careful: bool) -> list[Operation]:
-    """The device's next ops in seq order. ``client_time`` is never read: the apply does not
-    need it. Carefully (after a failed batch), an op whose row cannot even be read is
-    finished as ``internal_error`` rather than blocking the ops behind it for ever."""
+# Each claimed device's next ops in seq order (pending ones, and ops refused at push above
+# the watermark, which the walk counts as finished). ``client_time`` is not read: the apply
+# does not need it.
+_CANDIDATES_SQL = """
+    SELECT o.op_id, o.device_id, o.organization_id, o.user_id, o.seq, o.entity, o.entity_id,
+           o.action, o.base_version, o.fields, o.content_hash, o.received_at, o.status,
+           o.rejected_at_push, o.code, o.detail, o.version, o.overridden_fields,
+           o.conflict_ids, o.finished_at
+    FROM unnest(%(devices)s::uuid[], %(done)s::bigint[]) AS s(device_id, done_seq)
+    CROSS JOIN LATERAL (
+        SELECT * FROM operations_operation o
+        WHERE o.device_id = s.device_id
+          AND (o.status = 'pending' OR (o.rejected_at_push AND o.seq > s.done_seq))
+        ORDER BY o.seq, o.received_at
+        LIMIT %(limit)s
+    ) AS o
+"""
+
+
+def _candidates(states: list[DeviceSyncState], careful: bool) -> dict[uuid.UUID, list[Operation]]:
+    """The devices' next ops, in seq order, by device. Carefully (after a failed round, one
+    device at a time), an op whose row cannot even be read is finished as ``internal_error``
+    rather than blocking the ops behind it for ever."""
+    if not careful:
+        return _read_candidates(states)
+    try:
+        with transaction.atomic():
+            return _read_candidates(states)
+    except DatabaseError as exc:
+        log_warning("apply.unreadable_ops", devices=[str(s.pk) for s in states], error=repr(exc))
+    (state,) = states
     rows = (
         Operation.objects.filter(device_id=state.pk)
         .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=state.done_seq))
-        .defer("client_time")
         .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
     )
-    if not careful:
-        return list(rows)
-    try:
-        with transaction.atomic():
-            return list(rows)
-    except DatabaseError as exc:
-        log_warning("apply.unreadable_ops", device_id=str(state.pk), error=repr(exc))
-    return [_read_or_finish(state, op_id, seq) for op_id, seq in rows.values_list("op_id", "seq")]
+    return {
+        state.pk: [
+            _read_or_finish(state, op_id, seq) for op_id, seq in rows.values_list("op_id", "seq")
+        ]
+    }
+
+
+def _read_candidates(states: list[DeviceSyncState]) -> dict[uuid.UUID, list[Operation]]:
+    params = {
+        "devices": [s.pk for s in states],
+        "done": [s.done_seq for s in states],
+        "limit": settings.SYNC_APPLY_BATCH,
+    }
+    by_device: dict[uuid.UUID, list[Operation]] = {}
+    for op in Operation.objects.raw(_CANDIDATES_SQL, params):
+        by_device.setdefault(op.device_id, []).append(op)
+    return by_device
 
 
 def _read_or_finish(state: DeviceSyncState, op_id: uuid.UUID, seq: int | None) -> Operation:
@@ -144,6 +262,28 @@ def _read_or_finish(state: DeviceSyncState, op_id: uuid.UUID, seq: int | None) -
         detail="the server could not read this op",
         finished_at=timezone.now(),
     )
+
+
+def _save_states(states: list[DeviceSyncState]) -> None:
+    """One UPDATE for the round's watermarks and gap notes."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE operations_devicesyncstate AS s
+            SET done_seq = v.done_seq, gap_since = v.gap_since, gap_seq = v.gap_seq,
+                skipped_seqs = v.skipped
+            FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::jsonb[])
+                AS v(device_id, done_seq, gap_since, gap_seq, skipped)
+            WHERE s.device_id = v.device_id
+            """,
+            [
+                [s.pk for s in states],
+                [s.done_seq for s in states],
+                [s.gap_since for s in states],
+                [s.gap_seq for s in states],
+                [json.dumps(s.skipped_seqs) for s in states],
+            ],
+        )
 
 
 def _save_outcomes(ops: list[Operation]) -> None:
@@ -215,7 +355,7 @@ def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Opera
     return runnable
 
 
-def _load_records(batch: _Batch, ops: list[Operation]) -> None:
+def _load_records(records: dict[RecordKey, Any], ops: list[Operation]) -> None:
     """Lock every record the ops touch, with the parent work orders, in global order."""
     keys: set[RecordKey] = set()
     for op in ops:
@@ -236,7 +376,7 @@ def _load_records(batch: _Batch, ops: list[Operation]) -> None:
             attr = spec.fields[spec.parent_field].attr(spec.parent_field)
             parents = spec.model.objects.filter(pk__in=ids).values_list(attr, flat=True)
             keys.update((WORK_ORDER.name, p) for p in parents)
-    batch.records.update(batch.changes.lock(keys - batch.records.keys()))
+    records.update(lock_records(keys - records.keys()))
 
 
 def _apply_guarded(batch: _Batch, op: Operation, careful: bool) -> None:
@@ -263,7 +403,7 @@ def _apply_isolated(batch: _Batch, op: Operation) -> None:
     loaded = set(batch.records)
     try:
         with transaction.atomic():  # released at once: the row locks it takes are kept
-            _load_records(batch, [op])
+            _load_records(batch.records, [op])
         with transaction.atomic():
             _apply_one(batch, op)
     except OpRejection:

@@ -7,6 +7,7 @@ worker rung to apply them (``operations.services.apply``).
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Sequence
@@ -18,13 +19,15 @@ from django.utils import timezone
 
 from accounts.models import Device, User
 from accounts.services import device_claim, device_touch
-from common.doorbell import ring, ring_after_commit
+from common.doorbell import ring
 from common.logging import log_event
 from operations.models import Operation, OpStatus
 from operations.recording import ChangeSet
-from operations.services.state import compacted_seq, note_last_error
+from operations.services.apply import ring_drain
+from operations.services.state import note_last_error
 from operations.validation import CheckedOp, OpRejection, check_op, id_taken
 from workorders.fields import Json
+from workorders.reading import parent_column
 from workorders.registry import ENTITIES, WORK_ORDER
 from workorders.scope import Scope
 
@@ -43,11 +46,12 @@ class PushResult:
 def op_batch_accept(
     user: User, device_id: uuid.UUID, raw_ops: Sequence[Json], token: object = None
 ) -> list[PushResult]:
-    """Store a pushed batch durably (one short transaction) and answer per op."""
+    """Store a pushed batch durably (one statement, or one short transaction) and answer per
+    op."""
     device = device_claim(user, device_id, token)
     checked = [check_op(raw, device.id, user) for raw in raw_ops]
-    _screen_against_records(checked, Scope.of(user))
-    horizon = compacted_seq(device.id)
+    found, horizon = _read_context(device.id, checked)
+    _screen_against_records(checked, Scope.of(user), found)
     for op in checked:
         if op.rejection is None and op.seq is not None and op.seq <= horizon:
             # Ops up to this seq were compacted: an unknown one may be a replay of an op that
@@ -60,28 +64,8 @@ def op_batch_accept(
         if op.op_id is not None:
             owners.setdefault(op.op_id, op)
     rows = {op_id: _op_row(op_id, op, device, now) for op_id, op in owners.items()}
-    with transaction.atomic():
-        inserted = _insert_ops(list(rows.values()))
-        existing = Operation.objects.in_bulk([op_id for op_id in rows if op_id not in inserted])
-        seq_clashes = [
-            row for op_id, row in rows.items() if op_id not in inserted and op_id not in existing
-        ]
-        for row in seq_clashes:
-            _mark_rejected(row, "seq_reused", f"seq {row.seq} is already used by another op")
-        inserted |= _insert_ops(seq_clashes)
-        refused = [r for r in rows.values() if r.op_id in inserted and r.rejected_at_push]
-        # After commit: the device's sync state row may be held by a running apply, and a
-        # push never waits for an apply inside its own transaction.
-        if refused:
-            transaction.on_commit(lambda: note_last_error(device.id, refused))
-        if refused:
-            changes = ChangeSet(device.organization_id)
-            for row in refused:
-                changes.outcome(row)
-            changes.flush()
-        device_touch(device, "last_push_at", now)
-        if any(r.op_id in inserted and not r.rejected_at_push for r in rows.values()):
-            ring_after_commit(APPLY_TASK, str(device.id))
+    inserted, existing = _store(device, list(rows.values()))
+    device_touch(device, "last_push_at", now)
     results = [_push_result(op, owners, rows, inserted, existing) for op in checked]
     # One structured line per batch that names every op's new state: formatting a line per
     # op was an eighth of the push's CPU.
@@ -93,38 +77,123 @@ def op_batch_accept(
     return results
 
 
-def _screen_against_records(checked: list[CheckedOp], scope: Scope) -> None:
-    """Refuse ops aimed at existing records out of the caller's scope (as ``not_found``),
-    stale creates and future base versions. Records not there yet are left to the apply."""
-    wanted: dict[str, set[uuid.UUID]] = {}
+def _store(
+    device: Device, rows: list[Operation]
+) -> tuple[set[uuid.UUID], dict[uuid.UUID, Operation]]:
+    """Insert the batch's rows; the op ids inserted and the rows already stored.
+
+    The usual batch (new ops, none refused) is one INSERT statement, committed on its own:
+    no transaction to open and close around it. Retries, seq clashes and refusals take the
+    full path, which writes the refusals' outcomes to the feed in the same transaction.
+    """
+    inserted: set[uuid.UUID] = set()
+    if (
+        not any(r.rejected_at_push for r in rows)
+        and not transaction.get_connection().in_atomic_block
+    ):
+        inserted = _insert_ops(rows)
+        if len(inserted) == len(rows):
+            ring(APPLY_TASK, str(device.id))
+            return inserted, {}
+    with transaction.atomic():
+        inserted |= _insert_ops([r for r in rows if r.op_id not in inserted])
+        existing = Operation.objects.in_bulk([r.op_id for r in rows if r.op_id not in inserted])
+        seq_clashes = [r for r in rows if r.op_id not in inserted and r.op_id not in existing]
+        for row in seq_clashes:
+            _mark_rejected(row, "seq_reused", f"seq {row.seq} is already used by another op")
+        inserted |= _insert_ops(seq_clashes)
+        refused = [r for r in rows if r.op_id in inserted and r.rejected_at_push]
+        if refused:
+            # After commit: the device's sync state row may be held by a running apply, and
+            # a push never waits for an apply inside its own transaction.
+            transaction.on_commit(lambda: note_last_error(device.id, refused))
+            changes = ChangeSet(device.organization_id)
+            for row in refused:
+                changes.outcome(row)
+            changes.flush()
+        if any(r.op_id in inserted and not r.rejected_at_push for r in rows):
+            ring_drain()
+    return inserted, existing
+
+
+@dataclass(frozen=True)
+class _Found:
+    """An existing record an op names, with what scope and staleness checks need."""
+
+    organization_id: int
+    version: int
+    # The assignee and organisation of the work order holding it (itself, for a work order);
+    # None when that work order could not be read.
+    holder: tuple[int, int | None] | None
+
+
+def _read_context(
+    device_id: uuid.UUID, checked: list[CheckedOp]
+) -> tuple[dict[RecordKey, _Found], int]:
+    """In one round trip: the existing records the ops name (and the work orders new
+    children would go under), and the device's compaction horizon."""
+    wanted: dict[str, set[uuid.UUID]] = {name: set() for name in ENTITIES}
     for op in checked:
         if op.rejection is None and op.entity_id is not None:
-            wanted.setdefault(op.entity, set()).add(op.entity_id)
+            wanted[op.entity].add(op.entity_id)
             parent = _parent_id(op)
             if parent is not None:
-                wanted.setdefault(WORK_ORDER.name, set()).add(parent)
-    found: dict[RecordKey, dict[str, Any]] = {}
-    children_parents: set[uuid.UUID] = set()
-    for name, ids in wanted.items():
+                wanted[WORK_ORDER.name].add(parent)
+    params: dict[str, Any] = {"device": device_id}
+    params.update({f"ids_{name}": list(ids) for name, ids in wanted.items()})
+    with connection.cursor() as cursor:
+        cursor.execute(_context_sql(tuple(ENTITIES)), params)
+        rows = cursor.fetchall()
+    horizon = 0
+    found: dict[RecordKey, _Found] = {}
+    for entity, pk, organization_id, version, holder_org, holder_assignee in rows:
+        if entity == "":
+            horizon = version or 0
+        else:
+            holder = None if holder_org is None else (holder_org, holder_assignee)
+            found[(entity, pk)] = _Found(organization_id, version, holder)
+    return found, horizon
+
+
+@functools.lru_cache(maxsize=4)
+def _context_sql(entities: tuple[str, ...]) -> str:
+    """One statement for the registry's entities (built once per registry, so the push never
+    composes SQL, and the same text lets Postgres reuse its plan): each entity's rows joined
+    to the work order that holds them, then the device's compaction horizon."""
+    parts = []
+    work_orders = WORK_ORDER.model._meta.db_table
+    for name in entities:
         spec = ENTITIES[name]
-        cols = ["pk", "organization_id", "version"]
-        cols += ["assigned_to_id"] if spec is WORK_ORDER else ["work_order_id"]
-        for row in spec.model.objects.filter(pk__in=ids).values(*cols):
-            found[(name, row["pk"])] = row
-            if spec is not WORK_ORDER:
-                children_parents.add(row["work_order_id"])
-    missing_parents = children_parents - wanted.get(WORK_ORDER.name, set())
-    for row in WORK_ORDER.model.objects.filter(pk__in=missing_parents).values(
-        "pk", "organization_id", "version", "assigned_to_id"
-    ):
-        found[(WORK_ORDER.name, row["pk"])] = row
+        table = spec.model._meta.db_table
+        if spec.parent_field is None:
+            parts.append(
+                f"SELECT '{name}', r.id, r.organization_id, r.version, r.organization_id, "  # noqa: S608
+                f"r.assigned_to_id FROM {table} r WHERE r.id = ANY(%(ids_{name})s::uuid[])"
+            )
+        else:
+            column = parent_column(spec)
+            parts.append(
+                f"SELECT '{name}', r.id, r.organization_id, r.version, w.organization_id, "  # noqa: S608
+                f"w.assigned_to_id FROM {table} r LEFT JOIN {work_orders} w ON w.id = r.{column} "
+                f"WHERE r.id = ANY(%(ids_{name})s::uuid[])"
+            )
+    parts.append(
+        "SELECT '', NULL::uuid, NULL::bigint, compacted_seq, NULL::bigint, NULL::bigint "
+        "FROM operations_devicesyncstate WHERE device_id = %(device)s"
+    )
+    # Names, tables and columns come from the registry and the models; values are parameters.
+    return " UNION ALL ".join(parts)
+
+
+def _screen_against_records(
+    checked: list[CheckedOp], scope: Scope, found: dict[RecordKey, _Found]
+) -> None:
+    """Refuse ops aimed at existing records out of the caller's scope (as ``not_found``),
+    stale creates and future base versions. Records not there yet are left to the apply."""
 
     def visible(key: RecordKey) -> bool:
         row = found[key]
-        wo = (
-            row if key[0] == WORK_ORDER.name else found.get((WORK_ORDER.name, row["work_order_id"]))
-        )
-        return wo is not None and scope.holds(row["organization_id"], wo["assigned_to_id"])
+        return row.holder is not None and scope.holds(row.organization_id, row.holder[1])
 
     for op in checked:
         if op.rejection is not None or op.entity_id is None:
@@ -143,11 +212,11 @@ def _screen_against_records(checked: list[CheckedOp], scope: Scope) -> None:
         elif key in found:
             if not visible(key):
                 op.rejection = OpRejection("not_found", f"{op.entity} {op.entity_id} not found")
-            elif (op.base_version or 0) > found[key]["version"]:
+            elif (op.base_version or 0) > found[key].version:
                 op.rejection = OpRejection(
                     "invalid_base_version",
                     f"base_version {op.base_version} is ahead of the record "
-                    f"(version {found[key]['version']})",
+                    f"(version {found[key].version})",
                 )
 
 
@@ -198,8 +267,13 @@ _INSERT_COLUMNS = (
     ("detail", "text"), ("overridden_fields", "jsonb"), ("conflict_ids", "jsonb"),
     ("finished_at", "timestamptz"),
 )  # fmt: skip
+# The device's sync state row is made with its first ops (the apply claims devices by it);
+# an existing one is left as it is.
 _INSERT_SQL = (
-    f"INSERT INTO operations_operation ({', '.join(c for c, _ in _INSERT_COLUMNS)}) "  # noqa: S608
+    "WITH state AS (INSERT INTO operations_devicesyncstate (device_id, done_seq, gap_since, "  # noqa: S608
+    "gap_seq, skipped_seqs, compacted_seq, last_error) "
+    "SELECT %s::uuid, 0, NULL, NULL, '[]', 0, '' ON CONFLICT DO NOTHING) "
+    f"INSERT INTO operations_operation ({', '.join(c for c, _ in _INSERT_COLUMNS)}) "
     f"SELECT * FROM unnest({', '.join(f'%s::{t}[]' for _, t in _INSERT_COLUMNS)}) "
     "ON CONFLICT DO NOTHING RETURNING op_id"
 )
@@ -222,7 +296,7 @@ def _insert_ops(rows: list[Operation]) -> set[uuid.UUID]:
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL, columns)
+        cursor.execute(_INSERT_SQL, [rows[0].device_id, *columns])
         return {row[0] for row in cursor.fetchall()}
 
 

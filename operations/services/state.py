@@ -8,20 +8,86 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import QuerySet
+from django.utils import timezone
 
 from accounts.models import Device
 from operations.models import DeviceSyncState, Operation, OpStatus
 
 
+def _locking() -> QuerySet[DeviceSyncState]:
+    return DeviceSyncState.objects.select_for_update(of=("self",)).select_related("device__user")
+
+
 def sync_state_lock(device_id: uuid.UUID) -> DeviceSyncState | None:
     """Lock the device's row (with its device and user loaded, not locked) for the rest of
     the transaction; None when there is no such device."""
-    rows = DeviceSyncState.objects.select_for_update(of=("self",)).select_related("device__user")
-    state = rows.filter(pk=device_id).first()
-    if state is None:
-        _ensure([device_id])
-        state = rows.filter(pk=device_id).first()
-    return state
+    states = sync_states_lock([device_id], 1)
+    return states[0] if states else None
+
+
+# The devices with work for the apply, claimed fairly, skipping rows another round holds.
+# Devices with a pending op are found by a loose scan of the pending-ops index (one probe
+# per device, however many ops each has waiting). Each organisation's devices are ranked by
+# their oldest pending op, and turns interleave organisations: a tenant with a thousand
+# busy devices gets one device a turn like everyone else. A device waiting for a missing
+# seq is left alone until that seq arrives or its wait times out.
+_CLAIM_SQL = """
+    WITH RECURSIVE pending(device_id) AS (
+        (SELECT device_id FROM operations_operation WHERE status = 'pending'
+          ORDER BY device_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT o.device_id FROM operations_operation o
+                 WHERE o.status = 'pending' AND o.device_id > p.device_id
+                 ORDER BY o.device_id LIMIT 1)
+        FROM pending p WHERE p.device_id IS NOT NULL
+    ),
+    ranked AS (
+        SELECT p.device_id, first.received_at,
+               row_number() OVER (PARTITION BY d.organization_id
+                                  ORDER BY first.received_at) AS turn
+        FROM pending p
+        JOIN accounts_device d ON d.id = p.device_id
+        CROSS JOIN LATERAL (
+            SELECT o.received_at FROM operations_operation o
+            WHERE o.device_id = p.device_id AND o.status = 'pending'
+            ORDER BY o.seq LIMIT 1) AS first
+    )
+    SELECT s.device_id FROM operations_devicesyncstate s
+    JOIN ranked r ON r.device_id = s.device_id
+    WHERE s.gap_since IS NULL OR s.gap_since <= %(gap_deadline)s
+       OR EXISTS (SELECT 1 FROM operations_operation o
+                  WHERE o.device_id = s.device_id AND o.seq <= s.done_seq + 1
+                    AND (o.status = 'pending' OR o.seq = s.done_seq + 1))
+    ORDER BY r.turn, r.received_at
+    LIMIT %(limit)s
+    FOR UPDATE OF s SKIP LOCKED
+"""
+
+
+def sync_states_lock(devices: list[uuid.UUID] | None, limit: int) -> list[DeviceSyncState]:
+    """Lock sync state rows for the rest of the transaction, with device and user loaded:
+    these devices' (waiting for whoever holds them), or, given None, up to ``limit``
+    devices with work that nobody holds (``_CLAIM_SQL``), in the order they were claimed."""
+    if devices is not None:
+        rows = _locking().filter(pk__in=devices).order_by("pk")
+        states = list(rows)
+        if len(states) < len(set(devices)):
+            _ensure(devices)
+            states = list(rows)
+        return states
+    deadline = timezone.now() - timedelta(seconds=settings.SYNC_GAP_TIMEOUT_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"gap_deadline": deadline, "limit": limit})
+        claimed = [row[0] for row in cursor.fetchall()]
+    if not claimed:
+        return []
+    loaded = DeviceSyncState.objects.select_related("device__user").in_bulk(claimed)
+    return [loaded[device_id] for device_id in claimed]
 
 
 def compacted_seq(device_id: uuid.UUID) -> int:
@@ -37,13 +103,25 @@ def raise_compacted_seq(device_id: uuid.UUID, seq: int) -> None:
 
 def note_last_error(device_id: uuid.UUID, ops: Sequence[Operation]) -> None:
     """Keep the device's latest refusal, for support (sync health in the workspace)."""
-    refused = [op for op in ops if op.status == OpStatus.REJECTED]
-    if not refused:
+    note_last_errors([op for op in ops if op.device_id == device_id])
+
+
+def note_last_errors(ops: Sequence[Operation]) -> None:
+    """Keep each device's latest refusal among ``ops`` (in one statement)."""
+    last: dict[uuid.UUID, Operation] = {}
+    for op in ops:
+        if op.status == OpStatus.REJECTED:
+            last[op.device_id] = op
+    if not last:
         return
-    last = refused[-1]
-    error = f"{last.code}: {last.detail} (op {last.op_id}, seq {last.seq})"[:1000]
     DeviceSyncState.objects.bulk_create(
-        [DeviceSyncState(device_id=device_id, last_error=error)],
+        [
+            DeviceSyncState(
+                device_id=device_id,
+                last_error=f"{op.code}: {op.detail} (op {op.op_id}, seq {op.seq})"[:1000],
+            )
+            for device_id, op in last.items()
+        ],
         update_conflicts=True,
         unique_fields=["device"],
         update_fields=["last_error"],
