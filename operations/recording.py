@@ -9,20 +9,23 @@ positions are taken last, under the organisation's feed lock, right before commi
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Model
+from django.db.models import AutoField, Field, JSONField, Model
 from django.utils import timezone
 
 from accounts.models import User
 from operations.models import Event, EventKind, FeedEntry, FeedKind, Operation
 from workorders.fields import Json
 from workorders.models import SyncedRecord, WorkOrder
+from workorders.reading import records_locked
 from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 
 # Advisory lock class for the feed (the second key is the organisation id).
@@ -164,22 +167,16 @@ class ChangeSet:
         transaction."""
         # Parents first (registry order): a new child may reference a new work order.
         for spec, records in _by_entity(self._created):
-            spec.model.objects.bulk_create(records)
+            insert_rows(spec.model, records)
         for spec, records in _by_entity(self._dirty):
             _update_records(spec, records)
         self._created.clear()
         self._dirty.clear()
-        if self.events:
-            Event.objects.bulk_create(self.events)
+        insert_rows(Event, self.events)
         rows = self._feed_rows()
-        if not rows:
-            return
-        with connection.cursor() as cursor:
-            # Held until commit: feed positions become visible in the order they were taken.
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)", [FEED_LOCK_CLASS, self.organization_id]
-            )
-        FeedEntry.objects.bulk_create(rows)
+        # The organisation's feed lock, held until commit, is taken by the same statement
+        # before its first position: positions become visible in the order they were taken.
+        insert_rows(FeedEntry, rows, lock=(FEED_LOCK_CLASS, self.organization_id))
 
     # --- internals --------------------------------------------------------------------
     def _write(self, spec: EntitySpec, obj: SyncedRecord) -> None:
@@ -286,9 +283,14 @@ class ChangeSet:
                 )
 
     def _assignees(self, work_order_ids: set[uuid.UUID]) -> dict[uuid.UUID, int | None]:
-        return dict(
-            WorkOrder.objects.filter(pk__in=work_order_ids).values_list("pk", "assigned_to_id")
-        )
+        if not work_order_ids:
+            return {}
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, assigned_to_id FROM workorders_workorder WHERE id = ANY(%s::uuid[])",
+                [list(work_order_ids)],
+            )
+            return dict(cursor.fetchall())
 
 
 def lock_records(keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.UUID], Any]:
@@ -298,17 +300,10 @@ def lock_records(keys: Iterable[tuple[str, uuid.UUID]]) -> dict[tuple[str, uuid.
     for entity, entity_id in keys:
         by_entity.setdefault(entity, set()).add(entity_id)
     found: dict[tuple[str, uuid.UUID], Any] = {}
-    for name, spec in ENTITIES.items():  # registry order is the global lock order
+    for name in ENTITIES:  # registry order is the global lock order
         ids = by_entity.get(name)
-        if not ids:
-            continue
-        rows = (
-            spec.model.objects.select_for_update(no_key=True, of=("self",))
-            .select_related(*spec.select_related)
-            .filter(pk__in=sorted(ids))
-            .order_by("pk")
-        )
-        found.update(((name, obj.pk), obj) for obj in rows)
+        if ids:
+            found.update(((name, obj.pk), obj) for obj in records_locked(name, list(ids)))
     return found
 
 
@@ -320,6 +315,47 @@ def _by_entity(
     for (entity, _), obj in records.items():
         grouped.setdefault(entity, []).append(obj)
     return [(spec, grouped[name]) for name, spec in ENTITIES.items() if name in grouped]
+
+
+def insert_rows(
+    model: type[Model], objs: Sequence[Model], lock: tuple[int, int] | None = None
+) -> None:
+    """One ``INSERT … SELECT FROM unnest(…)`` for many rows of a model: one array per column,
+    so the statement is the same (and built once) whatever the number of rows. An
+    auto-increment primary key is left to the database. With ``lock``, the statement first
+    takes that transaction-level advisory lock (one round trip instead of two)."""
+    if not objs:
+        return
+    fields, sql = _insert_statement(model, lock is not None)
+    params: list[Any] = list(lock) if lock is not None else []
+    for f in fields:
+        if isinstance(f, JSONField):
+            params.append([json.dumps(getattr(obj, f.attname), cls=f.encoder) for obj in objs])
+        else:
+            params.append(
+                [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in objs]
+            )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_statement(model: type[Model], locked: bool) -> tuple[list[Field[Any, Any]], str]:
+    fields = [
+        f for f in model._meta.concrete_fields if not (f.primary_key and isinstance(f, AutoField))
+    ]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(str(f.column)) for f in fields)
+    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    source = f"unnest({arrays}) AS v({columns})"
+    if locked:
+        # The lock's one-row subquery is joined in, so it is taken before the first row (and
+        # so the first position from the sequence) is produced.
+        source = f"(SELECT pg_advisory_xact_lock(%s, %s)) AS l, {source}"
+    table = quote(model._meta.db_table)
+    # Table, columns and types come from the model; every value is a parameter.
+    sql = f"INSERT INTO {table} ({columns}) SELECT v.* FROM {source}"  # noqa: S608
+    return fields, sql
 
 
 def _update_records(spec: EntitySpec, records: list[SyncedRecord]) -> None:

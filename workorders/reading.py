@@ -1,4 +1,4 @@
-"""Read records by id on hot paths (pull) without composing SQL per request.
+"""Read records by id on hot paths (pull, push, the apply) without composing SQL each time.
 
 The ORM builds a query's SQL anew every time, which costs more than running it on the pull's
 path. Each entity's statement here is built once from the registry and the model, then
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection
 from django.db.models import Field, ForeignKey, Model
@@ -44,8 +45,33 @@ class _Statement:
 
 def records_held(entity: str, ids: list[uuid.UUID]) -> list[Held]:
     """The records of ``entity`` with these ids that exist, each with its holder."""
-    statement = _statement(entity)
-    out: list[Held] = []
+    return [
+        Held(obj, obj._holder_org, obj._holder_assignee)
+        for obj in _load(_statement(entity, lock=False), entity, ids)
+    ]
+
+
+def records_locked(entity: str, ids: list[uuid.UUID]) -> list[SyncedRecord]:
+    """The records of ``entity`` with these ids that exist, locked ``FOR NO KEY UPDATE`` (in
+    id order) until the transaction ends."""
+    return _load(_statement(entity, lock=True), entity, sorted(ids))
+
+
+def parents_of(entity: str, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    """The work orders holding these records of a child entity (those that exist)."""
+    spec = ENTITIES[entity]
+    quote = connection.ops.quote_name
+    sql = (
+        f"SELECT {quote(parent_column(spec))} FROM {quote(spec.model._meta.db_table)} "  # noqa: S608
+        "WHERE id = ANY(%s::uuid[])"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [ids])
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _load(statement: _Statement, entity: str, ids: list[uuid.UUID]) -> list[Any]:
+    out = []
     for obj in ENTITIES[entity].model.objects.raw(statement.sql, [ids]):
         for related in statement.related:
             values = [getattr(obj, f"_rel_{related.name}_{a}") for a in related.attnames]
@@ -53,12 +79,12 @@ def records_held(entity: str, ids: list[uuid.UUID]) -> list[Held]:
                 connection.alias, related.attnames, values
             )  # fmt: skip
             setattr(obj, related.name, instance)
-        out.append(Held(obj, obj._holder_org, obj._holder_assignee))
+        out.append(obj)
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _statement(entity: str) -> _Statement:
+@functools.lru_cache(maxsize=64)
+def _statement(entity: str, lock: bool) -> _Statement:
     spec = ENTITIES[entity]
     meta = spec.model._meta
     quote = connection.ops.quote_name
@@ -79,19 +105,23 @@ def _statement(entity: str) -> _Statement:
         )
         columns += [f"{alias}.{quote(str(f.column))} AS _rel_{name}_{f.attname}" for f in fields]
         related.append(_Related(name, target, [f.attname for f in fields]))
-    if spec.parent_field is None:
-        holder = "r.organization_id AS _holder_org, r.assigned_to_id AS _holder_assignee"
+    if lock:
+        holder = ""
+    elif spec.parent_field is None:
+        holder = ", r.organization_id AS _holder_org, r.assigned_to_id AS _holder_assignee"
     else:
         joins.append(
             f"LEFT JOIN {quote(WORK_ORDER.model._meta.db_table)} w "
             f"ON w.id = r.{quote(parent_column(spec))}"
         )
-        holder = "w.organization_id AS _holder_org, w.assigned_to_id AS _holder_assignee"
+        holder = ", w.organization_id AS _holder_org, w.assigned_to_id AS _holder_assignee"
     # Tables and columns come from the models; the ids are the one parameter.
     sql = (
-        f"SELECT {', '.join(columns)}, {holder} FROM {quote(meta.db_table)} r "  # noqa: S608
+        f"SELECT {', '.join(columns)}{holder} FROM {quote(meta.db_table)} r "  # noqa: S608
         f"{' '.join(joins)} WHERE r.id = ANY(%s::uuid[])"
     )
+    if lock:  # only the record's row: the user it names is read, not locked
+        sql += " ORDER BY r.id FOR NO KEY UPDATE OF r"
     return _Statement(sql, related)
 
 

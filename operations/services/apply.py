@@ -39,6 +39,7 @@ from operations.services.state import note_last_errors, sync_states_lock
 from operations.validation import OpRejection, id_taken
 from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
+from workorders.reading import parents_of
 from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 from workorders.scope import Scope
 
@@ -369,13 +370,9 @@ def _load_records(records: dict[RecordKey, Any], ops: list[Operation]) -> None:
     # Parents of existing children are read first without a lock (a parent never changes),
     # so all row locks can then be taken in one global order.
     for name, spec in ENTITIES.items():
-        if spec.parent_field is None:
-            continue
         ids = [k[1] for k in keys if k[0] == name]
-        if ids:
-            attr = spec.fields[spec.parent_field].attr(spec.parent_field)
-            parents = spec.model.objects.filter(pk__in=ids).values_list(attr, flat=True)
-            keys.update((WORK_ORDER.name, p) for p in parents)
+        if spec.parent_field is not None and ids:
+            keys.update((WORK_ORDER.name, p) for p in parents_of(name, ids))
     records.update(lock_records(keys - records.keys()))
 
 

@@ -6,21 +6,18 @@ by ``accounts`` gets one the first time the engine writes about it.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from accounts.models import Device
+from accounts.models import Device, User
 from operations.models import DeviceSyncState, Operation, OpStatus
-
-
-def _locking() -> QuerySet[DeviceSyncState]:
-    return DeviceSyncState.objects.select_for_update(of=("self",)).select_related("device__user")
 
 
 def sync_state_lock(device_id: uuid.UUID) -> DeviceSyncState | None:
@@ -57,8 +54,10 @@ _CLAIM_SQL = """
             WHERE o.device_id = p.device_id AND o.status = 'pending'
             ORDER BY o.seq LIMIT 1) AS first
     )
-    SELECT s.device_id FROM operations_devicesyncstate s
+    SELECT {columns} FROM operations_devicesyncstate s
     JOIN ranked r ON r.device_id = s.device_id
+    JOIN accounts_device d ON d.id = s.device_id
+    JOIN accounts_user u ON u.id = d.user_id
     WHERE s.gap_since IS NULL OR s.gap_since <= %(gap_deadline)s
        OR EXISTS (SELECT 1 FROM operations_operation o
                   WHERE o.device_id = s.device_id AND o.seq <= s.done_seq + 1
@@ -69,25 +68,61 @@ _CLAIM_SQL = """
 """
 
 
+_LOCK_SQL = """
+    SELECT {columns} FROM operations_devicesyncstate s
+    JOIN accounts_device d ON d.id = s.device_id
+    JOIN accounts_user u ON u.id = d.user_id
+    WHERE s.device_id = ANY(%(devices)s::uuid[])
+    ORDER BY s.device_id
+    FOR UPDATE OF s
+"""
+
+
 def sync_states_lock(devices: list[uuid.UUID] | None, limit: int) -> list[DeviceSyncState]:
     """Lock sync state rows for the rest of the transaction, with device and user loaded:
     these devices' (waiting for whoever holds them), or, given None, up to ``limit``
     devices with work that nobody holds (``_CLAIM_SQL``), in the order they were claimed."""
-    if devices is not None:
-        rows = _locking().filter(pk__in=devices).order_by("pk")
-        states = list(rows)
-        if len(states) < len(set(devices)):
-            _ensure(devices)
-            states = list(rows)
-        return states
-    deadline = timezone.now() - timedelta(seconds=settings.SYNC_GAP_TIMEOUT_SECONDS)
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"gap_deadline": deadline, "limit": limit})
-        claimed = [row[0] for row in cursor.fetchall()]
-    if not claimed:
-        return []
-    loaded = DeviceSyncState.objects.select_related("device__user").in_bulk(claimed)
-    return [loaded[device_id] for device_id in claimed]
+    if devices is None:
+        deadline = timezone.now() - timedelta(seconds=settings.SYNC_GAP_TIMEOUT_SECONDS)
+        return _load(_statements()[0], {"gap_deadline": deadline, "limit": limit})
+    states = _load(_statements()[1], {"devices": devices})
+    if len(states) < len(set(devices)):
+        _ensure(devices)
+        states = _load(_statements()[1], {"devices": devices})
+    return states
+
+
+@functools.lru_cache(maxsize=1)
+def _statements() -> tuple[str, str]:
+    """The claim and the lock, each selecting the state row with its device and user (built
+    once from the models: the apply composes no SQL per round)."""
+    columns = ", ".join(
+        [f"s.{f.column} AS {f.attname}" for f in DeviceSyncState._meta.concrete_fields]
+        + [f"d.{f.column} AS _d_{f.attname}" for f in _DEVICE_FIELDS]
+        + [f"u.{f.column} AS _u_{f.attname}" for f in _USER_FIELDS]
+    )
+    return _CLAIM_SQL.format(columns=columns), _LOCK_SQL.format(columns=columns)
+
+
+_DEVICE_FIELDS = Device._meta.concrete_fields
+_USER_FIELDS = User._meta.concrete_fields
+
+
+def _load(sql: str, params: dict[str, Any]) -> list[DeviceSyncState]:
+    states = list(DeviceSyncState.objects.raw(sql, params))
+    for state in states:
+        device = Device.from_db(
+            connection.alias,
+            [f.attname for f in _DEVICE_FIELDS],
+            [getattr(state, f"_d_{f.attname}") for f in _DEVICE_FIELDS],
+        )
+        device.user = User.from_db(
+            connection.alias,
+            [f.attname for f in _USER_FIELDS],
+            [getattr(state, f"_u_{f.attname}") for f in _USER_FIELDS],
+        )
+        state.device = device
+    return states
 
 
 def compacted_seq(device_id: uuid.UUID) -> int:

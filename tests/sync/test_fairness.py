@@ -4,7 +4,7 @@ turns across organisations (operations.services.state._CLAIM_SQL)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.test import override_settings
@@ -12,9 +12,22 @@ from django.test import override_settings
 from operations.models import Operation, OpStatus
 from operations.services import device_apply_pending
 from operations.services.apply import _round_or_carefully
+from syncserver.celery import app as celery_app
+from tests.conftest import CeleryWorker
 from tests.fixtures import Phone
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _rounds_run_here_only(celery_worker: CeleryWorker) -> Iterator[None]:
+    """These tests run the apply's rounds themselves, one at a time: the session's Celery
+    worker is stopped meanwhile (a drain of its own would claim the same devices), and its
+    queue emptied of rings meant for it."""
+    celery_worker.stop()
+    celery_app.control.purge()
+    yield
+    celery_worker.start()
 
 
 def _work_orders(phone: Phone, count: int) -> list[str]:
