@@ -12,10 +12,11 @@ from typing import Protocol
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# A tus PATCH holds its thread (and its upload's lock, on that thread's Postgres connection)
-# for as long as a phone takes to send its body: 50 phones trickling at 64 KiB/s must leave
-# threads for the API. Threads only start under load, but WEB_CONCURRENCY * WEB_THREADS
-# must stay below Postgres' max_connections less what Celery and beat use.
+# A tus PATCH holds its thread (but no database connection: media.services.locks) for as
+# long as a phone takes to send its body: 50 phones trickling at 64 KiB/s must leave threads
+# for the API. The threads of a process share its pool of DB_POOL_MAX_SIZE connections
+# (settings.py), so Postgres' max_connections bounds WEB_CONCURRENCY * DB_POOL_MAX_SIZE per
+# host, whatever the thread count.
 threads = int(os.environ.get("WEB_THREADS", "64"))
 # gthread's timeout watches the worker's main loop, not requests: a slow upload is never
 # killed by it. A stalled body is bounded by UPLOADS_READ_TIMEOUT_SECONDS instead.

@@ -98,6 +98,8 @@ SAMPLE_EVERY = 0.5
 BACKLOG_GROWTH_LIMIT = 0.05
 # CPU groups, in the order the tables and the plot show them.
 COMPONENTS = ("generator", "gunicorn", "celery", "postgres", "redis")
+# The groups whose Postgres connections are counted per process (the servers).
+SERVER_GROUPS = ("gunicorn", "celery")
 ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?]+)\S* HTTP/1\.1" (?P<status>\d{3}) ')
 ACCESS_MS = re.compile(r" (?P<ms>\d+)ms ")
 TASK_DONE = re.compile(
@@ -308,6 +310,10 @@ class Samples:
 
     rss: dict[str, int] = field(default_factory=dict)  # group → largest process RSS, bytes
     postgres_connections: int = 0
+    # The servers' own (gunicorn, celery): group → peak of all its processes' together, and
+    # of the one process holding the most. One group's processes are one host's.
+    connections: dict[str, int] = field(default_factory=dict)
+    connections_per_process: dict[str, int] = field(default_factory=dict)
     gunicorn_threads: int = 0
     celery_queue: int = 0
     backends: Counter[str] = field(default_factory=Counter)
@@ -380,6 +386,7 @@ class Sampler:
     def __init__(self, groups: dict[str, Callable[[], Iterable[psutil.Process]]], conninfo: str):
         self.groups = groups
         self.conninfo = conninfo
+        self.postgres_port = int(psycopg.conninfo.conninfo_to_dict(conninfo).get("port") or 5432)
         self.broker = redis.Redis.from_url(os.environ["REDIS_URL"])
         self.samples = Samples()
         self.organization_id = 0
@@ -425,10 +432,39 @@ class Sampler:
         rows = conn.execute(_BACKENDS).fetchall()
         samples.postgres_connections = max(samples.postgres_connections, sum(n for _, n in rows))
         samples.backends.update({doing: n for doing, n in rows if doing != "idle"})
+        self._sample_connections(conn)
         samples.celery_queue = max(samples.celery_queue, int(self.broker.llen("fieldsync")))
         row = conn.execute(_PENDING, (self.organization_id,)).fetchone()
         samples.pending.append((time.perf_counter() - self._began, row[0] if row else 0))
 
+    def _sample_connections(self, conn: psycopg.Connection[Any]) -> None:
+        """Each server process's connections to the bench database: its TCP connections to
+        Postgres whose port a backend of the bench database names as its client's."""
+        ports = {port for (port,) in conn.execute(_CLIENT_PORTS).fetchall()}
+        samples = self.samples
+        for group in SERVER_GROUPS:
+            counts = [0]
+            for process in self.groups[group]():
+                try:
+                    sockets = process.net_connections(kind="tcp")
+                except psutil.Error:
+                    continue
+                counts.append(
+                    sum(
+                        1
+                        for s in sockets
+                        if s.raddr and s.raddr.port == self.postgres_port and s.laddr.port in ports
+                    )
+                )
+            samples.connections[group] = max(samples.connections.get(group, 0), sum(counts))
+            per_process = samples.connections_per_process
+            per_process[group] = max(per_process.get(group, 0), *counts)
+
+
+_CLIENT_PORTS = """
+SELECT client_port FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid() AND client_port IS NOT NULL
+"""
 
 # Each connection to the bench database but ours, by what it is doing: running on a CPU (or
 # waiting for one), waiting for something (a lock, the WAL, ...), or idle in a transaction,
@@ -790,9 +826,12 @@ class LoadBench:
         with psycopg.connect(self.conninfo) as conn:
             version = conn.execute("SHOW server_version").fetchone()
             connections = conn.execute("SHOW max_connections").fetchone()
+        from django.conf import settings
+
         web = (
             f"gunicorn {os.environ.get('WEB_CONCURRENCY', '2')} gthread workers of "
-            f"{os.environ.get('WEB_THREADS', '64')} threads"
+            f"{os.environ.get('WEB_THREADS', '64')} threads, each process with a pool of at "
+            f"most {settings.DB_POOL_MAX_SIZE} Postgres connections"
         )
         max_connections = int(connections[0]) if connections else 0
         return Machine(
@@ -934,7 +973,8 @@ def render(
         f"task run times), and samples every {SAMPLE_EVERY} s (peaks):",
         "",
         "| phones | push in gunicorn p50 / p99 | pull in gunicorn p50 / p99 | apply tasks/s "
-        "(finding nothing) | task p50 / p99 | Postgres connections | gunicorn threads "
+        "(finding nothing) | task p50 / p99 | Postgres connections: all / gunicorn (largest "
+        "process) / celery (largest process) | gunicorn threads "
         "| Celery queue | RSS MiB gunicorn / celery / postgres / redis / generator |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_server_row(step) for step in steps),
@@ -991,9 +1031,17 @@ def _server_row(step: Step) -> str:
         f"| {_ms(pull, 0.5)} / {_ms(pull, 0.99)} | {len(server.tasks) / step.seconds:.0f} "
         f"({server.idle_tasks / len(server.tasks) if server.tasks else 0:.0%}) "
         f"| {_ms(server.tasks, 0.5)} / {_ms(server.tasks, 0.99)} "
-        f"| {samples.postgres_connections} | {samples.gunicorn_threads} | {samples.celery_queue} "
+        f"| {_connections(samples)} | {samples.gunicorn_threads} | {samples.celery_queue} "
         f"| {rss} |"
     )
+
+
+def _connections(samples: Samples) -> str:
+    servers = " / ".join(
+        f"{samples.connections.get(g, 0)} ({samples.connections_per_process.get(g, 0)})"
+        for g in SERVER_GROUPS
+    )
+    return f"{samples.postgres_connections} / {servers}"
 
 
 def _problems(plan: Plan, step: Step) -> list[str]:
@@ -1046,7 +1094,9 @@ def _verdict(plan: Plan, machine: Machine, steps: list[Step]) -> str:
         text += f" (at {fine[-1].devices} phones: {_tasks(fine[-1])})"
     text += (
         f". Peak Postgres connections: {worst.samples.postgres_connections} of "
-        f"max_connections {machine.max_connections}."
+        f"max_connections {machine.max_connections} (gunicorn "
+        f"{worst.samples.connections.get('gunicorn', 0)}, Celery "
+        f"{worst.samples.connections.get('celery', 0)})."
     )
     return text
 

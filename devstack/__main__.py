@@ -7,7 +7,8 @@ test  Run pytest against Postgres and Redis on 127.0.0.1:5432/6379 when they ans
       against embedded ones in a temporary directory. DATABASE_URL names `fieldsync` (pytest-django
       creates `test_fieldsync` from it), REDIS_URL names db 15. "No tests collected" fails.
 exec  Like test, with database `fieldsync_bench`, Redis db 14 and a temporary SeaweedFS, then
-      run COMMAND (`make bench`).
+      run COMMAND (`make bench`). An embedded Postgres takes BENCH_PG_MAX_CONNECTIONS
+      (default 100, Postgres' own) as its max_connections.
 
 Set DEVSTACK_FORCE_EMBEDDED=1 to start embedded servers even where an outside one is set or
 answers.
@@ -219,15 +220,17 @@ def keep(stack: ExitStack, service: services.Service) -> services.Service:
     return service
 
 
-def postgres_server(stack: ExitStack, scratch: Scratch) -> str:
+def postgres_server(
+    stack: ExitStack, scratch: Scratch, max_connections: int = services.MAX_CONNECTIONS
+) -> str:
     """DATABASE_URL's server, else the machine's on 5432, else an embedded one."""
     configured = os.environ.get("DATABASE_URL")
     if configured and not force_embedded():
         return configured
     if not force_embedded() and services.postgres_answers(LOCAL_POSTGRES):
         return LOCAL_POSTGRES
-    say("starting an embedded Postgres")
-    return keep(stack, services.start_postgres(scratch("postgres"))).url
+    say(f"starting an embedded Postgres (max_connections {max_connections})")
+    return keep(stack, services.start_postgres(scratch("postgres"), max_connections)).url
 
 
 def redis_server(stack: ExitStack, scratch: Scratch) -> str:
@@ -295,7 +298,10 @@ def exec_(command: list[str]) -> int:
     with ExitStack() as stack:
         scratch = Scratch(stack)
         env = dict(os.environ)
-        postgres = postgres_server(stack, scratch)
+        max_connections = int(
+            os.environ.get("BENCH_PG_MAX_CONNECTIONS", str(services.MAX_CONNECTIONS))
+        )
+        postgres = postgres_server(stack, scratch, max_connections)
         services.ensure_database(postgres, "fieldsync_bench")
         env["DATABASE_URL"] = services.with_path(postgres, "fieldsync_bench")
         env["REDIS_URL"] = services.with_path(redis_server(stack, scratch), "14")

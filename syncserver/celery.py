@@ -16,8 +16,10 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 # Celery's Django fixup closes the database connection around every task unless told to
-# reuse it, and with one task per push that is a new Postgres connection per push. Reuse it,
-# and let Django's own rules (CONN_MAX_AGE, health checks, broken connections) decide.
+# reuse it, and in a prefork pool process it then closes the process's connection pool too:
+# with one task per push that is a new Postgres connection per push. Reuse it, and let
+# Django's own rules decide (below: CONN_MAX_AGE 0 gives the connection back to the pool
+# after each task, and the pool checks it before handing it out again).
 app.conf.update(CELERY_DB_REUSE_MAX=1000)
 
 

@@ -123,8 +123,28 @@ DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/fieldsync"),
 }
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
+# One connection pool per process (psycopg_pool, through Django): a process never holds more
+# than DB_POOL_MAX_SIZE connections, however many threads it runs, so Postgres' connections
+# are counted per process, not per thread: a gunicorn worker of 64 threads takes at most
+# DB_POOL_MAX_SIZE. The pool opens a connection only for a thread that waits for one (and
+# keeps DB_POOL_MIN_SIZE open when idle; with 1 or more it would open that many and one
+# for the first waiter at once), so a Celery pool process or beat, one thread each, holds
+# one. A request holds one from its first query to its end (CONN_MAX_AGE 0 hands it back
+# then), never while it waits on a phone (media.services.locks). A request that finds every
+# connection busy waits up to DB_POOL_TIMEOUT for one, then answers 503 service_unavailable
+# with Retry-After (common.middleware): on 2 cores more connections only queue in Postgres
+# (docs/deploy.md has the arithmetic for max_connections).
+DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=0)
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=8)
+DB_POOL_TIMEOUT = env.float("DB_POOL_TIMEOUT", default=10.0)
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Checked as the pool hands it out: a connection Postgres dropped (a restart) is replaced.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": DB_POOL_MIN_SIZE,
+    "max_size": max(DB_POOL_MIN_SIZE, DB_POOL_MAX_SIZE, 1),
+    "timeout": DB_POOL_TIMEOUT,
+}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
@@ -162,6 +182,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_TASK_DEFAULT_QUEUE = "fieldsync"
+# Pool processes per worker (`celery worker` without -c): a fixed number, not the host's CPU
+# count, so the Postgres connections a worker takes (one per process) are known in advance.
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=2)
 # Publishing never blocks a push for long: if Redis is down, the op is already committed
 # and the periodic sweep rings the worker later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2.0
@@ -221,8 +244,14 @@ UPLOADS_CONTENT_TYPES = {
 # A PATCH finding its upload locked waits this long for the holder before answering 423.
 UPLOADS_LOCK_WAIT_SECONDS = env.float("UPLOADS_LOCK_WAIT_SECONDS", default=5.0)
 # A body that sends nothing for this long is treated as a vanished phone: what arrived is
-# kept and the upload's lock is freed for the phone's next attempt.
+# kept and the upload's lease is given back for the phone's next attempt.
 UPLOADS_READ_TIMEOUT_SECONDS = env.float("UPLOADS_READ_TIMEOUT_SECONDS", default=30.0)
+# The writing request's lease on its upload lapses this long after its last renewal (it
+# renews every third of it, and a wait for the phone lasts at most the read timeout): what a
+# process killed mid-upload leaves locked, for at most this long.
+UPLOADS_LOCK_LEASE_SECONDS = env.float(
+    "UPLOADS_LOCK_LEASE_SECONDS", default=max(60.0, 2 * UPLOADS_READ_TIMEOUT_SECONDS)
+)
 # A verification claimed longer ago than this is assumed dead and is handed out again.
 UPLOADS_VERIFY_LEASE_SECONDS = env.float("UPLOADS_VERIFY_LEASE_SECONDS", default=300.0)
 UPLOADS_DOWNLOAD_URL_SECONDS = env.int("UPLOADS_DOWNLOAD_URL_SECONDS", default=300)

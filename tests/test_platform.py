@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, connections
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
 from rest_framework.test import APIClient
 
 from accounts.models import Organization, User
@@ -123,16 +124,29 @@ def test_a_database_outage_answers_503_with_retry_after(tech: Phone) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = str(probe.getsockname()[1])
-    connection.close()
     saved = dict(connection.settings_dict)
-    connection.settings_dict.update(HOST="127.0.0.1", PORT=closed_port)
+    options = saved["OPTIONS"]
+    # The process's pool connects with the settings it was made with: a new one, which gives
+    # up on the dead server after a second.
+    _new_pool(
+        HOST="127.0.0.1",
+        PORT=closed_port,
+        OPTIONS={**options, "pool": {**options["pool"], "timeout": 1}},
+    )
     try:
         # When the phone pulls
         response = tech.client.get("/api/v1/sync/pull", {"device_id": tech.device_id})
     finally:
-        connection.close()
-        connection.settings_dict.update(saved)
+        _new_pool(**saved)
     # Then it is told to retry, not shown a server error
     assert response.status_code == 503
     assert response.json()["code"] == "service_unavailable"
     assert response["Retry-After"]
+
+
+def _new_pool(**database: Any) -> None:
+    postgres = connections["default"]
+    assert isinstance(postgres, PostgresDatabaseWrapper)
+    postgres.close()
+    postgres.close_pool()
+    postgres.settings_dict.update(database)

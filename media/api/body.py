@@ -13,6 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from common.body import BODY_HANDLED, Deadline
+from common.db import release_connection
 from media.exceptions import BodyInterrupted
 
 # Each read of a PATCH body asks for this much; pieces are joined into parts by the service.
@@ -92,6 +93,7 @@ class RequestBody:
         if self.broken or left is None or left > settings.REFUSED_BODY_DRAIN_BYTES:
             return
         self.deadline = Deadline(settings.REFUSED_BODY_DRAIN_SECONDS, self.deadline.sock)
+        release_connection()  # the refusal is decided: nothing here needs the database
         scratch = memoryview(bytearray(_PIECE))
         with suppress(BodyInterrupted):
             while self.readinto(scratch):

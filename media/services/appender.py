@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from common.db import release_connection
 from common.doorbell import ring_after_commit
 from common.logging import log_event, log_warning
 from common.metrics import UPLOAD_BYTES
@@ -31,7 +32,7 @@ from media import storage
 from media.exceptions import BodyInterrupted, Refusal, UploadError
 from media.models import Upload, UploadPart, UploadStatus
 from media.selectors import upload_for_writer, upload_gone
-from media.services.locks import upload_lock
+from media.services.locks import Lease, lease_lost, upload_lock
 from media.services.uploads import FINISH_UPLOAD_TASK
 from media.storage import ObjectStore, object_store
 
@@ -68,7 +69,7 @@ def upload_append(
     byte received is kept even if the client vanishes mid-body; with one, the body counts
     only as a whole, once its digest matched."""
     upload_for_writer(user, upload_id)  # refused before it may take (and so hold) the lock
-    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS):
+    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS) as lease:
         upload = upload_for_writer(user, upload_id)
         gone = upload_gone(upload)
         if gone is not None:
@@ -85,18 +86,19 @@ def upload_append(
             raise _too_long(upload)
         if upload.status != UploadStatus.UPLOADING:
             # Finished already: an empty PATCH (a retry after a lost answer) is fine.
+            release_connection()
             if body.readinto(memoryview(bytearray(1))):
                 raise _too_long(upload)
             return upload
         with _buffers.borrow(upload.part_size) as buffer:
-            _append_body(upload, body, checksum, buffer)
+            _append_body(upload, lease, body, checksum, buffer)
     return upload
 
 
 def _append_body(
-    upload: Upload, body: BodySource, checksum: Checksum | None, buffer: bytearray
+    upload: Upload, lease: Lease, body: BodySource, checksum: Checksum | None, buffer: bytearray
 ) -> None:
-    appender = _Appender(upload, object_store(), checksum, buffer)
+    appender = _Appender(upload, lease, object_store(), checksum, buffer)
     try:
         appender.pump(body)
     except BodyInterrupted as exc:
@@ -159,12 +161,22 @@ class _Appender:
     bytes are not copied between pieces. The committed tail segments (``[start, size]``)
     precede the received bytes: the front of the buffer (``reserved``) is kept for them and
     they are fetched only when a full part is ready. Memory: one part per request.
+
+    It holds the upload's lease (``lease``), never a database connection while it waits for
+    the phone: it renews the lease before each wait and each write to the object store, and
+    every row it writes is fenced by the lease's token.
     """
 
     def __init__(
-        self, upload: Upload, store: ObjectStore, checksum: Checksum | None, buffer: bytearray
+        self,
+        upload: Upload,
+        lease: Lease,
+        store: ObjectStore,
+        checksum: Checksum | None,
+        buffer: bytearray,
     ) -> None:
         self.upload = upload
+        self.lease = lease
         self.store = store
         self.checksum = checksum
         self.hasher = hashlib.new(checksum.algorithm) if checksum else None
@@ -200,6 +212,8 @@ class _Appender:
                 self.filled = 0
                 if self.checksum is None:
                     self._commit()
+            self.lease.renew_if_due()
+            release_connection()  # the phone may take its time: the API may not wait for it
             received = body.readinto(self.view[self.filled :])
             if not received:
                 return
@@ -250,6 +264,7 @@ class _Appender:
 
     def _upload_part(self, data: bytearray | bytes) -> None:
         self._ensure_multipart()
+        self.lease.renew_if_due()
         number = self.committed_parts + len(self.new_parts) + 1
         etag = self.store.upload_part(
             self.upload.object_key, self.upload.multipart_id, number, data
@@ -261,12 +276,17 @@ class _Appender:
     def _ensure_multipart(self) -> None:
         if self.upload.multipart_id:
             return
+        self.lease.renew_if_due()
         multipart_id = self.store.create_multipart(
             self.upload.object_key, self.upload.content_type, self.upload.filename
         )
         # Recorded at once (even before a checksum is known): it names no bytes, and a
         # later PATCH must add its parts to this multipart upload, not start another.
-        Upload.objects.filter(pk=self.upload.pk, multipart_id="").update(multipart_id=multipart_id)
+        recorded = Upload.objects.filter(
+            pk=self.upload.pk, multipart_id="", lease_token=self.lease.token
+        ).update(multipart_id=multipart_id)
+        if not recorded:
+            raise lease_lost()
         self.upload.multipart_id = multipart_id
 
     def _store_last_bytes(self) -> None:
@@ -277,6 +297,7 @@ class _Appender:
                 self._upload_part(data)
         else:
             # The whole file is smaller than a part: one plain object, no multipart.
+            self.lease.renew_if_due()
             self.store.put_file(
                 self.upload.object_key, bytes(data), self.upload.content_type, self.upload.filename
             )
@@ -288,6 +309,7 @@ class _Appender:
         else:
             start = self.stored_end
             data = bytes(self.view[self.reserved : self.filled])
+        self.lease.renew_if_due()
         self.store.put(storage.segment_key(self.upload.id, start, len(data)), data)
         self.tail.append([start, len(data)])
         self.tail_size += len(data)
@@ -308,11 +330,17 @@ class _Appender:
             changes |= {"status": UploadStatus.VERIFYING, "status_changed_at": now}
         with transaction.atomic():
             UploadPart.objects.bulk_create(self.new_parts)
-            # Conditional on the offset we started from: belt and braces behind the lock.
+            # Fenced by the lease (and, belt and braces, conditional on the offset we started
+            # from); it renews the lease too.
             moved = Upload.objects.filter(
-                pk=upload.pk, offset=upload.offset, status=UploadStatus.UPLOADING
-            ).update(**changes)
+                pk=upload.pk,
+                offset=upload.offset,
+                status=UploadStatus.UPLOADING,
+                lease_token=self.lease.token,
+            ).update(**changes, lease_expires_at=self.lease.expiry())
             if moved != 1:
+                if not Upload.objects.filter(pk=upload.pk, lease_token=self.lease.token).exists():
+                    raise lease_lost()
                 raise UploadError(
                     "offset_mismatch", "the upload moved under us; retry", Refusal.CONFLICT
                 )

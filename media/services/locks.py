@@ -1,62 +1,123 @@
-"""The per-upload lock that serialises the requests writing to one upload."""
+"""The per-upload lock that serialises the requests writing to one upload: a lease in the
+upload's row.
+
+A PATCH body streams for as long as a phone takes to send it, minutes on a weak signal. A
+session-level advisory lock would pin a database connection for all that time (so a
+handful of slow phones would take every connection of a process's pool) and, with a pool,
+would stay with the connection if it were ever not released. A lease holds nothing between
+its statements: ``Upload.lease_token`` says which request holds the upload and
+``lease_expires_at`` (Postgres' clock, the same for every host) when the lease lapses unless
+its holder renews it. The holder renews it while it works and gives it back when it ends,
+however it ends; a process killed outright leaves a lease that lapses after
+UPLOADS_LOCK_LEASE_SECONDS. Every write of the holder is conditional on its token (the
+fence), so a holder whose lease lapsed and was taken by another request changes nothing:
+it answers 423 and the phone resumes from the stored offset.
+"""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
-from django.db import DatabaseError, OperationalError, connection, transaction
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Q
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
 
+from common.db import release_connection
+from common.logging import log_warning
 from media.exceptions import Refusal, UploadError
+from media.models import Upload
+
+# Polling for a lease another request holds: from this interval, doubling, up to the cap.
+_FIRST_POLL, _MAX_POLL = 0.02, 0.25
 
 
-def upload_lock_key(upload_id: uuid.UUID) -> int:
-    return int.from_bytes(upload_id.bytes[:8], "big", signed=True)
+class Lease:
+    """A held upload lease: its token, and renewal as its holder works."""
+
+    def __init__(self, upload_id: uuid.UUID, token: uuid.UUID, seconds: float) -> None:
+        self.upload_id = upload_id
+        self.token = token
+        self.seconds = seconds
+        self.renewed_at = time.monotonic()
+
+    def renew_if_due(self) -> None:
+        """Renew once a third of the lease has gone by. Called before each wait on the phone
+        and each write to the object store, so a lease lapses only if one of those takes
+        longer than two thirds of it (UPLOADS_LOCK_LEASE_SECONDS is kept above
+        UPLOADS_READ_TIMEOUT_SECONDS, which bounds a wait for the phone)."""
+        if time.monotonic() - self.renewed_at >= self.seconds / 3:
+            self.renew()
+
+    def renew(self) -> None:
+        renewed = Upload.objects.filter(pk=self.upload_id, lease_token=self.token).update(
+            lease_expires_at=self.expiry()
+        )
+        if not renewed:
+            raise lease_lost()
+        self.renewed_at = time.monotonic()
+
+    def expiry(self) -> CombinedExpression:
+        return Now() + timedelta(seconds=self.seconds)
+
+
+def lease_lost() -> UploadError:
+    return UploadError(
+        "upload_locked",
+        "this request's hold on the upload lapsed and another request took it; retry",
+        Refusal.LOCKED,
+    )
 
 
 @contextmanager
-def upload_lock(upload_id: uuid.UUID, wait_seconds: float) -> Iterator[None]:
-    """Hold the upload's lock: a session-level Postgres advisory lock on this thread's
-    connection. Postgres frees it when the session ends, so a process that dies holding it
-    (even by SIGKILL) leaves nothing locked; a live holder keeps it. Waits up to
-    ``wait_seconds`` for a holder that is finishing, then answers 423."""
-    key = upload_lock_key(upload_id)
-    if not try_lock(upload_id):  # the usual case costs one round trip
-        _wait_for_lock(key, wait_seconds)
+def upload_lock(upload_id: uuid.UUID, wait_seconds: float) -> Iterator[Lease]:
+    """Hold the upload's lease for the block. Waits up to ``wait_seconds`` for a holder that
+    is finishing (without a database connection), then answers 423."""
+    lease = Lease(upload_id, uuid.uuid4(), settings.UPLOADS_LOCK_LEASE_SECONDS)
+    _take(lease, wait_seconds)
     try:
-        yield
+        yield lease
     finally:
-        unlock(key)
+        _give_back(lease)
 
 
-def _wait_for_lock(key: int, wait_seconds: float) -> None:
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true)",
-                [f"{max(1, int(wait_seconds * 1000))}ms"],
-            )
-            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-    except OperationalError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
+def _take(lease: Lease, wait_seconds: float) -> None:
+    deadline = time.monotonic() + wait_seconds
+    pause = _FIRST_POLL
+    while not _try_take(lease):
+        left = deadline - time.monotonic()
+        if left <= 0:
             raise UploadError(
                 "upload_locked", "another request is writing to this upload; retry", Refusal.LOCKED
-            ) from exc
-        raise
+            )
+        release_connection()
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, _MAX_POLL)
 
 
-def unlock(key: int) -> None:
+def _try_take(lease: Lease) -> bool:
+    taken = Upload.objects.filter(lease_free(), pk=lease.upload_id).update(
+        lease_token=lease.token, lease_expires_at=lease.expiry()
+    )
+    lease.renewed_at = time.monotonic()
+    return bool(taken)
+
+
+def _give_back(lease: Lease) -> None:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-    except DatabaseError:
-        # Ending the session is what releases a session lock we could not release by hand.
-        connection.close()
+        Upload.objects.filter(pk=lease.upload_id, lease_token=lease.token).update(
+            lease_token=None, lease_expires_at=None
+        )
+    except DatabaseError as exc:
+        # The database is away: the lease lapses by itself after its time.
+        log_warning("upload.lease_not_released", upload_id=str(lease.upload_id), error=repr(exc))
 
 
-def try_lock(upload_id: uuid.UUID) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [upload_lock_key(upload_id)])
-        row = cursor.fetchone()
-    return bool(row and row[0])
+def lease_free() -> Q:
+    """Uploads no request holds right now (no lease, or a lapsed one)."""
+    return Q(lease_token__isnull=True) | Q(lease_expires_at__lt=Now())

@@ -25,7 +25,7 @@ from media.entity import ATTACHMENT
 from media.exceptions import Refusal, UploadError
 from media.models import Kind, Upload, UploadPart, UploadStatus
 from media.selectors import upload_for_user, upload_for_writer, upload_gone
-from media.services.locks import try_lock, unlock, upload_lock, upload_lock_key
+from media.services.locks import lease_free, upload_lock
 from media.storage import ObjectStore, object_store
 from operations.recording import Author, ChangeSet
 from workorders.scope import Scope
@@ -346,19 +346,18 @@ def _expire_idle(now: datetime) -> int:
     idle = Upload.objects.filter(status=UploadStatus.UPLOADING, last_activity_at__lt=cutoff)
     expired = 0
     for upload in idle.order_by("last_activity_at")[:SWEEP_BATCH]:
-        if not try_lock(upload.pk):
-            continue  # a request is writing to it right now: not idle after all
-        try:
-            moved = Upload.objects.filter(
-                pk=upload.pk, status=UploadStatus.UPLOADING, last_activity_at__lt=cutoff
-            ).update(
+        # Not while a request holds its lease: it is writing to it right now, so not idle
+        # after all (one conditional update: no lease of our own to take and give back).
+        moved = (
+            Upload.objects.filter(lease_free())
+            .filter(pk=upload.pk, status=UploadStatus.UPLOADING, last_activity_at__lt=cutoff)
+            .update(
                 status=UploadStatus.FAILED,
                 code="expired",
                 detail=f"no bytes arrived for {settings.UPLOADS_EXPIRY_SECONDS} seconds",
                 status_changed_at=now,
             )
-        finally:
-            unlock(upload_lock_key(upload.pk))
+        )
         if moved:
             expired += 1
             log_event("upload.expired", upload_id=str(upload.pk), offset=upload.offset)

@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 import requests
-from django.db import connection
 from tusclient.client import TusClient as TuspyClient
 
-from media.services import upload_lock_key
+from media.models import Upload
 from tests.conftest import CeleryWorker
 from tests.fixtures import Phone
 from tests.helpers import wait_until
@@ -440,16 +439,8 @@ def _timed(call: Callable[[], object]) -> float:
 
 
 def _locked(attachment_id: str) -> bool:
-    """Whether a PATCH of this upload is in flight (it holds the upload's lock)."""
-    key = upload_lock_key(uuid.UUID(attachment_id)) & 0xFFFFFFFFFFFFFFFF
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND objsubid = 1 AND classid = %s AND objid = %s",
-            [key >> 32, key & 0xFFFFFFFF],
-        )
-        row = cursor.fetchone()
-    return bool(row and row[0])
+    """Whether a PATCH of this upload is in flight (it holds the upload's lease)."""
+    return Upload.objects.filter(pk=attachment_id, lease_token__isnull=False).exists()
 
 
 GIB = 1024 * MiB
