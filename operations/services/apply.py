@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
@@ -31,6 +31,9 @@ from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
 from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 from workorders.scope import Scope
+
+if TYPE_CHECKING:
+    from operations.services.state import LockedState
 
 RecordKey = tuple[str, uuid.UUID]
 
@@ -174,15 +177,18 @@ def _save_outcomes(ops: list[Operation]) -> None:
         )
 
 
-def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Operation]:
+def _runnable(state: LockedState, candidates: list[Operation]) -> list[Operation]:
     """Walk the device's ops in seq order and advance its ``done_seq`` watermark.
 
     An op waits for seq - 1; an op rejected at push counts as finished; a gap still open
     after SYNC_GAP_TIMEOUT_SECONDS is skipped (and remembered in ``skipped_seqs``).
     Ops at or below the watermark are late arrivals after a skip: they run, but never
     overwrite fields that the device's later ops wrote (see ``merge_fields``).
+
+    The gap is timed by the database's clock (``locked_at``), not this worker's: the worker
+    that opened it and the one that may skip it can run on hosts whose clocks disagree.
     """
-    now = timezone.now()
+    now = state.locked_at
     expected = state.done_seq + 1
     runnable: list[Operation] = []
     for op in candidates:

@@ -8,15 +8,34 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from django.db.models.functions import Now
 
 from accounts.models import Device
 from operations.models import DeviceSyncState, Operation, OpStatus
 
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import TypeAlias, TypedDict
 
-def sync_state_lock(device_id: uuid.UUID) -> DeviceSyncState | None:
+    from django_stubs_ext import WithAnnotations
+
+    class _LockedAt(TypedDict):
+        locked_at: datetime
+
+    LockedState: TypeAlias = WithAnnotations[DeviceSyncState, _LockedAt]
+
+
+def sync_state_lock(device_id: uuid.UUID) -> LockedState | None:
     """Lock the device's row (with its device and user loaded, not locked) for the rest of
-    the transaction; None when there is no such device."""
-    rows = DeviceSyncState.objects.select_for_update(of=("self",)).select_related("device__user")
+    the transaction; None when there is no such device. ``locked_at`` on it is when, by the
+    database's clock: the one clock every worker shares, whatever host it runs on."""
+    rows = (
+        DeviceSyncState.objects.select_for_update(of=("self",))
+        .select_related("device__user")
+        .annotate(locked_at=Now())
+    )
     state = rows.filter(pk=device_id).first()
     if state is None:
         _ensure([device_id])
