@@ -14,13 +14,15 @@ PYTEST_ARGS ?=
 UV_VERSION := 0.13.9
 LOCK_ARGS ?=
 
-.PHONY: help venv install run lint test test-field bench lock clean-data
+.PHONY: help venv install run lint test test-field test-hosts bench lock clean-data
 
 help:
 	@echo "make run                 web + Celery worker + beat (embedded Postgres, Redis, S3 where none is configured)"
 	@echo "make test                lint, then the test suite (PYTEST_ARGS='-k foo' to narrow it)"
 	@echo "make lint                ruff check, ruff format --check, mypy, import rules (docs/architecture.md)"
 	@echo "make test-field          the full field day (tests/field): 3 phones, 100 MiB videos, faults"
+	@echo "make test-hosts          several hosts behind HAProxy, one web and one worker host lost"
+	@echo "                         mid-upload and mid-apply (tests/hosts; root, ip netns; ~2 min)"
 	@echo "make bench               the benchmarks, against their own database and object store"
 	@echo "make lock                re-pin requirements*.lock (with hashes) from requirements*.txt;"
 	@echo "                         keeps current pins unless LOCK_ARGS='--upgrade[-package NAME]'"
@@ -66,6 +68,10 @@ test: lint
 # The full field day writes its summary to docs/field-day.md (make test plays the short one).
 test-field: $(INSTALLED)
 	FIELD_DAY=full $(PYTHON) -m devstack test tests/field/test_field_day.py -s $(PYTEST_ARGS)
+
+# Network namespaces need root; the test installs Debian's haproxy and faketime if missing.
+test-hosts: $(INSTALLED)
+	$(PYTHON) -m devstack test -m hosts tests/hosts $(PYTEST_ARGS)
 
 bench: $(BENCH_INSTALLED)
 	$(PYTHON) -m devstack exec -- $(PYTHON) -m bench

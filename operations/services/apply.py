@@ -35,7 +35,7 @@ from operations.history import record_values_at
 from operations.merge import merge_fields
 from operations.models import DeviceSyncState, Operation, OpStatus
 from operations.recording import Author, ChangeSet, lock_records
-from operations.services.state import note_last_errors, sync_states_lock
+from operations.services.state import locked_at, note_last_errors, sync_states_lock
 from operations.validation import OpRejection, id_taken
 from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
@@ -322,8 +322,11 @@ def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Opera
     after SYNC_GAP_TIMEOUT_SECONDS is skipped (and remembered in ``skipped_seqs``).
     Ops at or below the watermark are late arrivals after a skip: they run, but never
     overwrite fields that the device's later ops wrote (see ``merge_fields``).
+
+    The gap is timed by the database's clock (``locked_at``), not this worker's: the worker
+    that opened it and the one that may skip it can run on hosts whose clocks disagree.
     """
-    now = timezone.now()
+    now = locked_at(state)
     expected = state.done_seq + 1
     runnable: list[Operation] = []
     for op in candidates:

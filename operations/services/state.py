@@ -9,12 +9,11 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from accounts.models import Device, User
 from operations.models import DeviceSyncState, Operation, OpStatus
@@ -22,7 +21,8 @@ from operations.models import DeviceSyncState, Operation, OpStatus
 
 def sync_state_lock(device_id: uuid.UUID) -> DeviceSyncState | None:
     """Lock the device's row (with its device and user loaded, not locked) for the rest of
-    the transaction; None when there is no such device."""
+    the transaction; None when there is no such device. ``locked_at(state)`` is when, by the
+    database's clock."""
     states = sync_states_lock([device_id], 1)
     return states[0] if states else None
 
@@ -58,7 +58,8 @@ _CLAIM_SQL = """
     JOIN ranked r ON r.device_id = s.device_id
     JOIN accounts_device d ON d.id = s.device_id
     JOIN accounts_user u ON u.id = d.user_id
-    WHERE s.gap_since IS NULL OR s.gap_since <= %(gap_deadline)s
+    WHERE s.gap_since IS NULL
+       OR s.gap_since <= now() - make_interval(secs => %(gap_timeout)s)
        OR EXISTS (SELECT 1 FROM operations_operation o
                   WHERE o.device_id = s.device_id AND o.seq <= s.done_seq + 1
                     AND (o.status = 'pending' OR o.seq = s.done_seq + 1))
@@ -83,8 +84,8 @@ def sync_states_lock(devices: list[uuid.UUID] | None, limit: int) -> list[Device
     these devices' (waiting for whoever holds them), or, given None, up to ``limit``
     devices with work that nobody holds (``_CLAIM_SQL``), in the order they were claimed."""
     if devices is None:
-        deadline = timezone.now() - timedelta(seconds=settings.SYNC_GAP_TIMEOUT_SECONDS)
-        return _load(_statements()[0], {"gap_deadline": deadline, "limit": limit})
+        params = {"gap_timeout": settings.SYNC_GAP_TIMEOUT_SECONDS, "limit": limit}
+        return _load(_statements()[0], params)
     states = _load(_statements()[1], {"devices": devices})
     if len(states) < len(set(devices)):
         _ensure(devices)
@@ -100,12 +101,23 @@ def _statements() -> tuple[str, str]:
         [f"s.{f.column} AS {f.attname}" for f in DeviceSyncState._meta.concrete_fields]
         + [f"d.{f.column} AS _d_{f.attname}" for f in _DEVICE_FIELDS]
         + [f"u.{f.column} AS _u_{f.attname}" for f in _USER_FIELDS]
+        # When, by the database's clock: the one clock every worker shares, whatever host
+        # it runs on (gaps are timed by it, ``locked_at``).
+        + ["now() AS _locked_at"]
     )
     return _CLAIM_SQL.format(columns=columns), _LOCK_SQL.format(columns=columns)
 
 
 _DEVICE_FIELDS = Device._meta.concrete_fields
 _USER_FIELDS = User._meta.concrete_fields
+
+
+def locked_at(state: DeviceSyncState) -> datetime:
+    """When the round locked the state row, by the database's clock."""
+    value = getattr(state, "_locked_at", None)
+    if not isinstance(value, datetime):
+        raise TypeError("not a state row locked by sync_states_lock")
+    return value
 
 
 def _load(sql: str, params: dict[str, Any]) -> list[DeviceSyncState]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from django.test import override_settings
+from django.utils import timezone
 
 from conflicts.models import Conflict
 from operations.models import DeviceSyncState, Event, Operation, OpStatus
@@ -63,6 +65,24 @@ def test_a_gap_open_too_long_is_skipped_and_shown_in_device_health(dispatcher: P
     state = DeviceSyncState.objects.get(device_id=dispatcher.device_id)
     assert state.skipped_seqs == [[2, 2]]
     assert state.done_seq == 3
+
+
+def test_a_gap_is_timed_by_the_databases_clock_not_a_workers(
+    dispatcher: Phone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an op waiting for a missing predecessor, its gap opened by one worker
+    wo = _work_order(dispatcher)
+    dispatcher.seq += 1  # op 2 has not arrived
+    late = dispatcher.op("work_order", wo, "update", 1, title="after the gap")
+    dispatcher.push(late)
+    apply_now()
+    # When a worker on a host whose clock runs an hour ahead applies the device's ops
+    ahead = timezone.now() + timedelta(hours=1)
+    monkeypatch.setattr("operations.services.apply.timezone.now", lambda: ahead)
+    apply_now()
+    # Then the gap has not waited its timeout (10 min) by the only clock both share
+    assert Operation.objects.get(pk=late["op_id"]).status == OpStatus.PENDING
+    assert DeviceSyncState.objects.get(device_id=dispatcher.device_id).skipped_seqs == []
 
 
 def test_a_late_op_never_overwrites_its_devices_later_op(dispatcher: Phone) -> None:
