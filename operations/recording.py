@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import connection
 from django.db.models import AutoField, Field, JSONField, Model
@@ -30,6 +30,15 @@ from workorders.registry import DELETED, ENTITIES, WORK_ORDER, EntitySpec
 
 # Advisory lock class for the feed (the second key is the organisation id).
 FEED_LOCK_CLASS = 0x46454544
+
+
+class OpRef(Protocol):
+    """What the feed needs of an op whose outcome it announces."""
+
+    @property
+    def op_id(self) -> uuid.UUID: ...
+    @property
+    def device_id(self) -> uuid.UUID: ...
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ class ChangeSet:
     _created: dict[tuple[str, uuid.UUID], SyncedRecord] = field(default_factory=dict)
     _dirty: dict[tuple[str, uuid.UUID], SyncedRecord] = field(default_factory=dict)
     _feed: dict[tuple[str, uuid.UUID], _FeedRow] = field(default_factory=dict)
-    _outcomes: list[Operation] = field(default_factory=list)
+    _outcomes: list[OpRef] = field(default_factory=list)
     _reassigned: dict[uuid.UUID, int | None] = field(default_factory=dict)
     users: UserDirectory = field(init=False)
 
@@ -157,7 +166,7 @@ class ChangeSet:
         self._touch(spec, obj, author.op_id)
         return event
 
-    def outcome(self, op: Operation) -> None:
+    def outcome(self, op: OpRef) -> None:
         """Queue an op's outcome for its device's pull feed."""
         self._outcomes.append(op)
 

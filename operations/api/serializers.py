@@ -32,6 +32,18 @@ class OpResultSerializer(serializers.Serializer[Any]):
 class PushResponseSerializer(serializers.Serializer[Any]):
     results = OpResultSerializer(many=True)
 
+    @staticmethod
+    def render(results: list[Any]) -> dict[str, Any]:
+        """The same body as ``.data``, built directly: DRF's field machinery cost a tenth of
+        a large push. ``tests/sync/test_push.py`` holds the two to the same output."""
+        out = []
+        for r in results:
+            item = {"op_id": r.op_id, "status": r.status}
+            if r.code:
+                item["code"], item["detail"] = r.code, r.detail
+            out.append(item)
+        return {"results": out}
+
 
 class OpOutcomeSerializer(serializers.Serializer[Any]):
     op_id = serializers.UUIDField()

@@ -93,7 +93,7 @@ class PushView(APIView):
         assert isinstance(request.user, User)
         _throttle("push", device_id, settings.SYNC_PUSHES_PER_MINUTE)
         results = op_batch_accept(request.user, device_id, ops, request.auth)
-        return Response(PushResponseSerializer({"results": results}).data)
+        return Response(PushResponseSerializer.render(results))
 
 
 class PullView(APIView):

@@ -35,7 +35,12 @@ from operations.history import record_values_at
 from operations.merge import merge_fields
 from operations.models import DeviceSyncState, Operation, OpStatus
 from operations.recording import Author, ChangeSet, lock_records
-from operations.services.state import locked_at, note_last_errors, sync_states_lock
+from operations.services.state import (
+    devices_waiting,
+    locked_at,
+    note_last_errors,
+    sync_states_lock,
+)
 from operations.validation import OpRejection, id_taken
 from workorders.fields import Json, Username
 from workorders.models import SyncedRecord
@@ -65,6 +70,8 @@ class _Batch:
 @dataclass
 class _Round:
     claimed: list[uuid.UUID] = field(default_factory=list)
+    # Devices that had work when these were claimed (these included).
+    waiting: int = 0
     finished: int = 0
     # Some device has more ops waiting than a round takes, and it moved forward.
     more: bool = False
@@ -91,9 +98,9 @@ def ops_apply_drain(budget_seconds: float = 10.0) -> int:
         if time.monotonic() > deadline:
             ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
             return finished
-        if done.more or len(done.claimed) >= settings.SYNC_APPLY_DEVICES:
-            # More than a round's worth is waiting: ask another worker to join in (it claims
-            # other devices; when there are none it finds nothing and stops).
+        if done.waiting > len(done.claimed):
+            # Devices were left for another worker: ask one to join in (it claims them;
+            # when a third one finds none left, it stops at once).
             ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
 
 
@@ -139,6 +146,7 @@ def _apply_round(
         states = sync_states_lock(devices, settings.SYNC_APPLY_DEVICES)
         claimed.extend(s.pk for s in states)
         done.claimed = list(claimed)
+        done.waiting = devices_waiting(states)
         if not states:
             return done
         candidates = _candidates(states, careful)

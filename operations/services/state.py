@@ -10,13 +10,13 @@ import functools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connection
 
 from accounts.models import Device, User
-from operations.models import DeviceSyncState, Operation, OpStatus
+from operations.models import DeviceSyncState, OpStatus
 
 
 def sync_state_lock(device_id: uuid.UUID) -> DeviceSyncState | None:
@@ -54,7 +54,8 @@ _CLAIM_SQL = """
             WHERE o.device_id = p.device_id AND o.status = 'pending'
             ORDER BY o.seq LIMIT 1) AS first
     )
-    SELECT {columns} FROM operations_devicesyncstate s
+    SELECT {columns}, (SELECT count(*) FROM ranked) AS _waiting
+    FROM operations_devicesyncstate s
     JOIN ranked r ON r.device_id = s.device_id
     JOIN accounts_device d ON d.id = s.device_id
     JOIN accounts_user u ON u.id = d.user_id
@@ -64,7 +65,8 @@ _CLAIM_SQL = """
                   WHERE o.device_id = s.device_id AND o.seq <= s.done_seq + 1
                     AND (o.status = 'pending' OR o.seq = s.done_seq + 1))
     ORDER BY r.turn, r.received_at
-    LIMIT %(limit)s
+    -- Half of the devices with work (at most the limit): another worker takes the rest.
+    LIMIT greatest(1, least(%(limit)s, ((SELECT count(*) FROM ranked) + 1) / 2))
     FOR UPDATE OF s SKIP LOCKED
 """
 
@@ -112,6 +114,11 @@ _DEVICE_FIELDS = Device._meta.concrete_fields
 _USER_FIELDS = User._meta.concrete_fields
 
 
+def devices_waiting(states: list[DeviceSyncState]) -> int:
+    """How many devices had work when these were claimed (claimed ones included)."""
+    return int(getattr(states[0], "_waiting", 0) or 0) if states else 0
+
+
 def locked_at(state: DeviceSyncState) -> datetime:
     """When the round locked the state row, by the database's clock."""
     value = getattr(state, "_locked_at", None)
@@ -148,14 +155,31 @@ def raise_compacted_seq(device_id: uuid.UUID, seq: int) -> None:
     DeviceSyncState.objects.filter(pk=device_id, compacted_seq__lt=seq).update(compacted_seq=seq)
 
 
-def note_last_error(device_id: uuid.UUID, ops: Sequence[Operation]) -> None:
+class Finished(Protocol):
+    """What the device's last error needs of a finished op."""
+
+    @property
+    def op_id(self) -> uuid.UUID: ...
+    @property
+    def device_id(self) -> uuid.UUID: ...
+    @property
+    def seq(self) -> int | None: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+
+def note_last_error(device_id: uuid.UUID, ops: Sequence[Finished]) -> None:
     """Keep the device's latest refusal, for support (sync health in the workspace)."""
     note_last_errors([op for op in ops if op.device_id == device_id])
 
 
-def note_last_errors(ops: Sequence[Operation]) -> None:
+def note_last_errors(ops: Sequence[Finished]) -> None:
     """Keep each device's latest refusal among ``ops`` (in one statement)."""
-    last: dict[uuid.UUID, Operation] = {}
+    last: dict[uuid.UUID, Finished] = {}
     for op in ops:
         if op.status == OpStatus.REJECTED:
             last[op.device_id] = op

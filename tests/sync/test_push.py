@@ -9,7 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from accounts.services import device_deactivate
+from operations.api.serializers import PushResponseSerializer
 from operations.models import Event, Operation, OpStatus
+from operations.services import PushResult
 from tests.fixtures import Phone, apply_now, client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -267,3 +269,18 @@ def test_deactivated_device_loses_its_token_and_keeps_its_ops(tech: Phone) -> No
     [error] = tech.push(expect=403)
     assert error["code"] == "device_deactivated"
     assert Operation.objects.filter(pk=op["op_id"]).exists()
+
+
+def test_the_fast_push_body_is_the_serializers_body() -> None:
+    # Given: answers of every kind, the op_id of one as sent (not a UUID),
+    results = [
+        PushResult(str(uuid.uuid4()), "accepted"),
+        PushResult(str(uuid.uuid4()), "duplicate"),
+        PushResult("not-a-uuid", "rejected", "invalid_op_id", "op_id must be a UUID"),
+        PushResult(None, "rejected", "invalid_op", "an op must be an object"),
+    ]
+    # When: both render them,
+    fast = PushResponseSerializer.render(results)
+    documented = PushResponseSerializer({"results": results}).data
+    # Then: the bodies are the same, key for key (the schema documents the serializer's).
+    assert json.dumps(fast) == json.dumps(documented)
