@@ -118,14 +118,17 @@ def test_an_op_whose_stored_fields_break_the_apply_is_finished_and_the_next_appl
     wo = str(uuid.uuid4())
     dispatcher.push(dispatcher.op("work_order", wo, "create", 0, title="Job"))
     apply_now()
+    # (its seq waits behind a held-back one, so no worker applies it before it is broken)
+    held_seq = dispatcher.seq = dispatcher.seq + 1
     broken = dispatcher.op("checklist_item", str(uuid.uuid4()), "create", 0,
                            work_order_id=wo, label="x")  # fmt: skip
     dispatcher.push(broken)
     Operation.objects.filter(pk=broken["op_id"]).update(fields={"work_order_id": "nope"})
     good = dispatcher.op("work_order", wo, "update", 1, title="Renamed")
+    held = {**dispatcher.op("work_order", wo, "update", 1, technician_notes="x"), "seq": held_seq}
 
-    # When the next op is pushed and the device applied
-    dispatcher.push(good)
+    # When the next ops are pushed and the device applied
+    dispatcher.push(held, good)
     apply_now()
 
     # Then the broken one is rejected as internal_error and the good one applied
