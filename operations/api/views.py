@@ -121,7 +121,7 @@ class PullView(APIView):
         cursor = request.query_params.get("cursor")
         _throttle("pull", device_id, settings.SYNC_PULLS_PER_MINUTE)
         page = sync_pull(request.user, device_id, cursor, limit, request.auth)
-        return Response(PullResponseSerializer(page).data)
+        return Response(PullResponseSerializer.render(page))
 
 
 def _throttle(what: str, device_id: uuid.UUID, per_minute: int) -> None:
