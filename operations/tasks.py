@@ -27,7 +27,8 @@ from operations.services import (
     max_retries=5,
 )
 def apply_device_ops_task(device_id: str) -> int:
-    return device_apply_pending(uuid.UUID(device_id))
+    # A device another round holds is left to it: never wait for a lost host's session.
+    return device_apply_pending(uuid.UUID(device_id), wait=False)
 
 
 @shared_task(

@@ -104,23 +104,25 @@ def ops_apply_drain(budget_seconds: float = 10.0) -> int:
             ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
 
 
-def device_apply_pending(device_id: uuid.UUID, max_batches: int = 100) -> int:
+def device_apply_pending(device_id: uuid.UUID, max_batches: int = 100, wait: bool = True) -> int:
     """Apply one device's pending ops in seq order, in rounds of that device alone (the
     sweep's way in, and the workspace's, which applies a dispatcher's edit at once);
-    returns how many finished."""
+    returns how many finished. Without ``wait`` a device another round holds is left to it
+    (the sweep's task: a session lost with its host holds the row until Postgres drops it,
+    and no worker process should wait that out)."""
     finished = 0
     for _ in range(max_batches):
-        done = _round_or_carefully([device_id])
+        done = _round_or_carefully([device_id], wait)
         finished += done.finished
         if not done.more:
             break
     return finished
 
 
-def _round_or_carefully(devices: list[uuid.UUID] | None) -> _Round:
+def _round_or_carefully(devices: list[uuid.UUID] | None, wait: bool = True) -> _Round:
     claimed: list[uuid.UUID] = []
     try:
-        return _apply_round(devices, careful=False, claimed=claimed)
+        return _apply_round(devices, careful=False, claimed=claimed, wait=wait)
     except Exception as exc:  # an unexpected bug in one op
         if not claimed:
             raise  # nothing was claimed: the database itself failed, let the task retry
@@ -129,7 +131,7 @@ def _round_or_carefully(devices: list[uuid.UUID] | None) -> _Round:
         log_warning("apply.batch_failed", devices=[str(d) for d in claimed], error=repr(exc))
         total = _Round()
         for device_id in claimed:
-            done = _apply_round([device_id], careful=True, claimed=[])
+            done = _apply_round([device_id], careful=True, claimed=[], wait=wait)
             total.claimed += done.claimed
             total.finished += done.finished
             total.more = total.more or done.more
@@ -137,13 +139,13 @@ def _round_or_carefully(devices: list[uuid.UUID] | None) -> _Round:
 
 
 def _apply_round(
-    devices: list[uuid.UUID] | None, careful: bool, claimed: list[uuid.UUID]
+    devices: list[uuid.UUID] | None, careful: bool, claimed: list[uuid.UUID], wait: bool = True
 ) -> _Round:
     """One round: claim devices (these, or any with work), apply their next ops, write."""
     done = _Round()
     logs: list[tuple[DeviceSyncState, list[Operation]]] = []
     with transaction.atomic():
-        states = sync_states_lock(devices, settings.SYNC_APPLY_DEVICES)
+        states = sync_states_lock(devices, settings.SYNC_APPLY_DEVICES, wait)
         claimed.extend(s.pk for s in states)
         done.claimed = list(claimed)
         done.waiting = devices_waiting(states)

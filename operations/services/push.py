@@ -92,7 +92,7 @@ def _store(device: Device, rows: list[_Row]) -> tuple[set[uuid.UUID], dict[uuid.
     ):
         inserted = _insert_ops(rows)
         if len(inserted) == len(rows):
-            ring(APPLY_TASK, str(device.id))
+            ring_drain()
             return inserted, {}
     with transaction.atomic():
         inserted |= _insert_ops([r for r in rows if r.op_id not in inserted])

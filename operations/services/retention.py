@@ -12,24 +12,27 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from common.doorbell import ring
 from common.logging import log_event
 from operations.models import FINISHED, FeedEntry, Operation, OpStatus, RetentionMark
-from operations.services.push import ring_device
+from operations.services.apply import DRAIN_TASK
 from operations.services.state import raise_compacted_seq
 
 
 def ops_sweep() -> list[uuid.UUID]:
-    """Ring every device whose ops wait longer than they should (a worker died mid-apply,
-    a Celery message was lost, Redis was flushed, or a gap needs skipping)."""
+    """Ring a drain when ops wait longer than they should (a worker died mid-apply, a
+    Celery message was lost, Redis was flushed, or a gap needs skipping); returns the
+    devices they belong to. One ring, not one per device: the drain claims every device with
+    work it can (a device a lost host's session still holds is skipped, not waited for)."""
     stale = timezone.now() - timedelta(seconds=settings.SYNC_STALE_PENDING_SECONDS)
     device_ids = list(
         Operation.objects.filter(status=OpStatus.PENDING, received_at__lt=stale)
         .values_list("device_id", flat=True)
         .distinct()
     )
-    for device_id in device_ids:
-        ring_device(device_id)
     if device_ids:
+        # Not coalesced: the sweep is what recovers from a lost ring whose flag still stands.
+        ring(DRAIN_TASK)
         log_event("sweep.rang", devices=len(device_ids))
     return device_ids
 

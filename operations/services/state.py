@@ -77,28 +77,33 @@ _LOCK_SQL = """
     JOIN accounts_user u ON u.id = d.user_id
     WHERE s.device_id = ANY(%(devices)s::uuid[])
     ORDER BY s.device_id
-    FOR UPDATE OF s
+    FOR UPDATE OF s {skip}
 """
 
 
-def sync_states_lock(devices: list[uuid.UUID] | None, limit: int) -> list[DeviceSyncState]:
+def sync_states_lock(
+    devices: list[uuid.UUID] | None, limit: int, wait: bool = True
+) -> list[DeviceSyncState]:
     """Lock sync state rows for the rest of the transaction, with device and user loaded:
-    these devices' (waiting for whoever holds them), or, given None, up to ``limit``
-    devices with work that nobody holds (``_CLAIM_SQL``), in the order they were claimed."""
+    these devices' (waiting for whoever holds them, or, without ``wait``, skipping those
+    held), or, given None, up to ``limit`` devices with work that nobody holds
+    (``_CLAIM_SQL``), in the order they were claimed."""
     if devices is None:
         params = {"gap_timeout": settings.SYNC_GAP_TIMEOUT_SECONDS, "limit": limit}
         return _load(_statements()[0], params)
-    states = _load(_statements()[1], {"devices": devices})
+    lock = _statements()[1 if wait else 2]
+    states = _load(lock, {"devices": devices})
     if len(states) < len(set(devices)):
         _ensure(devices)
-        states = _load(_statements()[1], {"devices": devices})
+        states = _load(lock, {"devices": devices})
     return states
 
 
 @functools.lru_cache(maxsize=1)
-def _statements() -> tuple[str, str]:
-    """The claim and the lock, each selecting the state row with its device and user (built
-    once from the models: the apply composes no SQL per round)."""
+def _statements() -> tuple[str, str, str]:
+    """The claim and the lock (waiting, or skipping rows held), each selecting the state
+    row with its device and user (built once from the models: the apply composes no SQL
+    per round)."""
     columns = ", ".join(
         [f"s.{f.column} AS {f.attname}" for f in DeviceSyncState._meta.concrete_fields]
         + [f"d.{f.column} AS _d_{f.attname}" for f in _DEVICE_FIELDS]
@@ -107,7 +112,11 @@ def _statements() -> tuple[str, str]:
         # it runs on (gaps are timed by it, ``locked_at``).
         + ["now() AS _locked_at"]
     )
-    return _CLAIM_SQL.format(columns=columns), _LOCK_SQL.format(columns=columns)
+    return (
+        _CLAIM_SQL.format(columns=columns),
+        _LOCK_SQL.format(columns=columns, skip=""),
+        _LOCK_SQL.format(columns=columns, skip="SKIP LOCKED"),
+    )
 
 
 _DEVICE_FIELDS = Device._meta.concrete_fields
