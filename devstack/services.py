@@ -36,10 +36,11 @@ START_TIMEOUT = 60.0
 # pool of DB_POOL_MAX_SIZE (syncserver/settings.py), so nothing here needs more.
 MAX_CONNECTIONS = 100
 # How soon Postgres gives up on a client host that vanished without closing its connections
-# (a machine lost, a network cut): until then its sessions keep their locks (an upload's lock,
-# a device's row in an apply), and Linux's defaults take over two hours to notice. An idle
-# session is probed after 10 s, 5 s apart, dropped after 3 unanswered probes; one whose
-# answer was never acknowledged is dropped after 25 s. docs/scaling.md.
+# (a machine lost, a network cut): until then its sessions keep their locks (the devices'
+# rows an apply round claimed) and their connection slots, and Linux's defaults take over two
+# hours to notice. An idle session is probed after 10 s, 5 s apart, dropped after 3
+# unanswered probes; one whose answer was never acknowledged is dropped after 25 s.
+# docs/scaling.md.
 DEAD_CLIENT_SETTINGS = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",

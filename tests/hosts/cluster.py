@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -63,8 +64,11 @@ FAKETIME_LIBRARIES = (
     "/usr/lib/faketime/libfaketime.so.1",
 )
 # Settings every host shares, as a deployment's environment would give them. The sweeps run
-# every 2 s and a verification a dead worker held is handed out again after 20 s: the
-# defaults (15 s, 5 min) are sized for a real day, longer than this test may take.
+# every 2 s, a verification a dead worker held is handed out again after 20 s, and an
+# upload's lease a dead web host held lapses 15 s after its last renewal: the defaults (15 s,
+# 5 min, 60 s) are sized for a real day, longer than this test may take. The lease stays
+# above twice the read timeout (settings.py, docs/deploy.md): its holder renews it every
+# third, and a wait for the phone lasts at most the read timeout.
 SHARED_SETTINGS = {
     "SECRET_KEY": "fieldsync-hosts-not-a-secret",
     "PYTHONUNBUFFERED": "1",
@@ -72,6 +76,8 @@ SHARED_SETTINGS = {
     "SYNC_STALE_PENDING_SECONDS": "2",
     "SYNC_GAP_TIMEOUT_SECONDS": "30",
     "UPLOADS_VERIFY_LEASE_SECONDS": "20",
+    "UPLOADS_READ_TIMEOUT_SECONDS": "6",
+    "UPLOADS_LOCK_LEASE_SECONDS": "15",
 }
 # What the test's own environment may hold that would point a host at something outside.
 FOREIGN = (
@@ -320,6 +326,18 @@ class Cluster:
         if not active or not reserved:
             return False  # no answer
         return not any(active.values()) and not any(reserved.values())
+
+    def quiet_requests(self, name: str, quiet_for: float) -> int:
+        """How many request connections the web host `name` holds that received nothing for
+        `quiet_for` seconds, by its own kernel (each socket's time since data last came)."""
+        argv = ["ss", "-H", "-t", "-i", "-n", "state", "established"]
+        argv += ["(", "sport", "=", f":{WEB_PORT}", ")"]
+        listing = subprocess.run(
+            self.hosts[name].command(argv), capture_output=True, text=True, check=True, timeout=10
+        ).stdout
+        # Each socket's details hold one lastrcv (ms), or none when it is 0.
+        since = [int(ms) for ms in re.findall(r"\blastrcv:(\d+)", listing)]
+        return sum(ms >= quiet_for * 1000 for ms in since)
 
     def consume(self, name: str, on: bool) -> None:
         """Tell a worker to stop (or start again) taking tasks from the queue."""

@@ -13,9 +13,11 @@ Two things are arranged rather than waited for, so the loss lands where it must:
   transaction) and work2 is told to stop taking tasks, so technician 1's next apply runs on
   work1 and waits there inside its transaction, holding the device's row: the host is lost
   with that transaction open.
-- mid-upload: the web host lost is one holding an upload's lock in Postgres right then,
-  i.e. in the middle of a PATCH, and the phone sending it is in a tunnel (its link stalls)
-  until the host is gone, so that PATCH cannot end first.
+- mid-upload: the web host lost is one in the middle of a PATCH: the upload's row holds
+  that PATCH's lease (media.services.locks) and the phone sending it is in a tunnel (its
+  link stalls) until the host is gone, so that PATCH cannot end first. The lease names no
+  host and the PATCH holds no database connection while it reads the body, so the host is
+  told by its kernel: the one reading a request connection that went quiet with the phone.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ SETTLE_TIMEOUT = 240.0
 # Postgres drops a vanished client's sessions within about 30 s (devstack.services
 # DEAD_CLIENT_SETTINGS); this bound leaves room for a loaded machine.
 REAP_TIMEOUT = 120.0
+# A phone in a tunnel: how long its link stalls before its web host is looked for, and how
+# long a request connection must have received nothing to count as that phone's.
+TUNNEL = 1.0
+QUIET = 0.5
 
 
 @dataclass
@@ -65,12 +71,20 @@ class Loss:
     held_device: str = ""  # technician 1's device, whose apply was frozen on work1
     pending: set[str] = field(default_factory=set)  # ops pending at the loss
     unfinished: dict[str, str] = field(default_factory=dict)  # upload → status at the loss
-    # Uploads the lost web host was writing, and their offsets in Postgres: what the store
+    # The upload the lost web host was writing, and its offset in Postgres: what the store
     # had confirmed.
     writing: dict[str, int] = field(default_factory=dict)
+    # That upload's lease at the loss: the cut PATCH's token, and when it lapses unless
+    # renewed (epoch, by Postgres' clock), and what was seen of it after: (when, by Postgres'
+    # clock; still the cut PATCH's), until another request took it.
+    lease_token: str = ""
+    lease_lapses_at: float = 0.0
+    lease_seen: list[tuple[float, bool]] = field(default_factory=list)
+    lease_taken_at: float = 0.0  # by Postgres' clock
     # Sessions of the lost hosts Postgres still had right after: (host, in a transaction,
-    # holding an upload's lock).
+    # holding rows of the devices' sync states).
     orphans: list[tuple[str, bool, bool]] = field(default_factory=list)
+    held_row_locked: bool = False  # the held device's sync-state row, right after the loss
     down_at: float = 0.0  # the balancer took the lost web host out of rotation
     reaped_at: float = 0.0  # Postgres had dropped every session of the lost hosts
     returning_at: float = 0.0  # the web host's cable went back in
@@ -221,17 +235,20 @@ def lose_a_web_host_and_a_worker_host(run: Run) -> None:
         loss.survivor = next(name for name in WEB_HOSTS if name != loss.web)
         loss.at = cluster.lose([loss.web, LOST_WORKER])
         # What the lost hosts left: their sessions (Postgres cannot know they are gone), the
-        # locks those hold, the ops and uploads no one is working on now.
+        # row locks those hold, the upload's lease no one renews now, the ops and uploads no
+        # one is working on now.
         lost = (cluster.address(loss.web), cluster.address(LOST_WORKER))
         loss.orphans = orphans(cluster, lost)
-        locked = uploads_locked_by(cluster, cluster.address(loss.web))
-        loss.writing = {
-            upload_id: offset
-            for upload_id, offset in cluster.sql(
-                'SELECT id::text, "offset" FROM media_upload WHERE id::text = ANY(%s)',
-                (sorted(locked),),
-            )
-        }
+        loss.held_row_locked = sync_state_locked(cluster, loss.held_device)
+        ((offset, token, lapses_at),) = cluster.sql(
+            'SELECT "offset", lease_token::text, extract(epoch FROM lease_expires_at)'
+            " FROM media_upload WHERE id = %s",
+            (stalled.upload,),
+        )
+        if token != stalled.token:
+            raise AssertionError("the PATCH caught ended before its host was lost")
+        loss.writing = {stalled.upload: offset}
+        loss.lease_token, loss.lease_lapses_at = token, float(lapses_at)
         loss.pending = {row[0] for row in pending_ops(cluster)}
         loss.unfinished = dict(
             cluster.sql("SELECT id::text, status FROM media_upload WHERE status != 'attached'")
@@ -252,57 +269,88 @@ def lose_a_web_host_and_a_worker_host(run: Run) -> None:
 class Stalled:
     web: str  # the web host in the middle of a PATCH
     phones: list[Phone]  # whose links are stalled, so that PATCH cannot end
+    upload: str  # the upload it writes
+    token: str  # its lease's token
 
 
 def catch_a_patch(run: Run) -> Stalled:
     """A web host in the middle of a PATCH, kept there: the phone sending it loses its
     signal for a moment (its link stalls), so the PATCH cannot end before the host is lost.
-    A PATCH whose last bytes were already past the phone's link may still end: then the
-    phone gets its signal back and another PATCH is caught."""
+
+    The PATCH is found by its lease in the upload's row; the web host it runs on, by that
+    host's kernel: with the phone in a tunnel, it is the one web host holding a request
+    connection that received nothing for QUIET seconds. A PATCH whose last bytes were already
+    past the phone's link may still end (its lease is given back), and a web host may be
+    quiet for other reasons (a request waiting for the object store): then the phone gets
+    its signal back and another PATCH is caught."""
     cluster = run.cluster
     owner = {upload: phone for phone in run.phones for upload in phone.files}
     for _ in range(10):
-        writing = wait_until(
-            lambda: uploads_being_written(cluster),
+        leases = wait_until(
+            lambda: {u: t for u, t in leases_held(cluster).items() if u in owner},
             timeout=60,
             interval=0.02,
             message="no web host was writing an upload",
         )
-        phones = [owner[upload] for upload in writing]
-        for phone in phones:
-            phone.proxy.set_stalled(True)
+        upload, token = next(iter(leases.items()))
+        phone = owner[upload]
+        phone.proxy.set_stalled(True)
         with contextlib.suppress(AssertionError):
             # Bytes already past the link reach the web host within milliseconds.
             wait_until(
-                lambda: not writing.items() <= uploads_being_written(cluster).items(),  # noqa: B023
-                timeout=1.0,
+                lambda: leases_held(cluster).get(upload) != token,  # noqa: B023
+                timeout=TUNNEL,
                 interval=0.1,
             )
-            for phone in phones:
-                phone.proxy.set_stalled(False)
+            phone.proxy.set_stalled(False)
             continue
-        web = next(iter(writing.values()))
-        cluster.event(f"{web} is in the middle of a PATCH; the phone sending it is in a tunnel")
-        return Stalled(web, phones)
-    raise AssertionError("every PATCH caught ended before its host could be lost")
+        quiet = [name for name in WEB_HOSTS if cluster.quiet_requests(name, QUIET)]
+        if len(quiet) == 1 and leases_held(cluster).get(upload) == token:
+            cluster.event(
+                f"{quiet[0]} is in the middle of a PATCH; the phone sending it is in a tunnel"
+            )
+            return Stalled(quiet[0], [phone], upload, token)
+        phone.proxy.set_stalled(False)
+    raise AssertionError("every PATCH caught ended, or its host was not told, before the loss")
 
 
 def carry_on_through_the_survivors(run: Run) -> None:
-    """Phones keep working; Postgres drops the lost hosts' sessions (and their locks); the
-    held apply, the cut uploads and the verifications finish on the survivors."""
+    """Phones keep working; the cut upload's lease lapses and the phone's retry takes it on
+    the surviving web host; Postgres drops the lost hosts' sessions (and their row locks);
+    the held apply, the cut uploads and the verifications finish on the survivors."""
     cluster, loss = run.cluster, run.loss
     for phone in run.phones:
         note(run, phone)
         toggle(phone)
         phone.ui.comment(phone.visits[0], f"{phone.name}: carrying on")
     lost = (cluster.address(loss.web), cluster.address(LOST_WORKER))
+    (upload,) = loss.writing
+
+    def watched() -> bool:
+        if not loss.lease_taken_at:
+            ((now, token),) = cluster.sql(
+                "SELECT extract(epoch FROM now()), lease_token::text FROM media_upload"
+                " WHERE id = %s",
+                (upload,),
+            )
+            held = token == loss.lease_token
+            loss.lease_seen.append((float(now), held))
+            if not held:
+                loss.lease_taken_at = float(now)
+                cluster.event_now(f"the cut PATCH's lease lapsed; {loss.survivor} took the upload")
+        if not loss.reaped_at and not orphans(cluster, lost):
+            loss.reaped_at = cluster.event_now(
+                "Postgres has dropped every session of the lost hosts"
+            )
+        return bool(loss.lease_taken_at and loss.reaped_at)
+
     wait_until(
-        lambda: not orphans(cluster, lost),
+        watched,
         timeout=REAP_TIMEOUT,
-        interval=0.5,
-        message="Postgres kept the lost hosts' sessions (and their locks)",
+        interval=0.2,
+        message="the cut upload's lease was never taken over, or Postgres kept the lost"
+        " hosts' sessions (and their row locks)",
     )
-    loss.reaped_at = cluster.event_now("Postgres has dropped every session of the lost hosts")
     wait_for_phones(run)
     cluster.event("every phone finished through the survivors")
 
@@ -401,44 +449,42 @@ def apply_waiting_on(cluster: Cluster, worker: str, holder: int) -> bool:
     return bool(rows)
 
 
-def uploads_being_written(cluster: Cluster) -> dict[str, str]:
-    """The uploads whose lock a web host holds right now (in the middle of a PATCH), and
-    which host."""
-    return {
-        upload: name
-        for name in WEB_HOSTS
-        for upload in uploads_locked_by(cluster, cluster.address(name))
-    }
-
-
-def uploads_locked_by(cluster: Cluster, address: str) -> set[str]:
-    """The uploads whose lock (media.services.locks: a session advisory lock keyed by the
-    upload id's first 8 bytes) a session from `address` holds."""
-    keys = cluster.sql(
-        "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l"
-        " JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted"
-        " AND host(a.client_addr) = %s",
-        (address,),
+def leases_held(cluster: Cluster) -> dict[str, str]:
+    """The uploads a request is writing right now (in the middle of a PATCH), by their
+    lease in the upload's row (media.services.locks: a token, and an expiry by Postgres'
+    clock that its holder keeps renewing), and each lease's token."""
+    rows = cluster.sql(
+        "SELECT id::text, lease_token::text FROM media_upload"
+        " WHERE lease_token IS NOT NULL AND lease_expires_at > now()"
     )
-    held = {int(key) & 0xFFFFFFFFFFFFFFFF for (key,) in keys}
-    uploads = cluster.sql("SELECT id FROM media_upload")
-    return {
-        str(upload_id)
-        for (upload_id,) in uploads
-        if int.from_bytes(upload_id.bytes[:8], "big") in held
-    }
+    return dict(rows)
+
+
+def sync_state_locked(cluster: Cluster, device: str) -> bool:
+    """Whether a transaction holds the device's sync-state row (the apply's claim on it)."""
+    with psycopg.connect(cluster.database_url, connect_timeout=5) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM operations_devicesyncstate WHERE device_id = %s", (device,)
+        ).fetchall()
+        free = conn.execute(
+            "SELECT 1 FROM operations_devicesyncstate WHERE device_id = %s FOR UPDATE SKIP LOCKED",
+            (device,),
+        ).fetchall()
+        conn.rollback()
+    return bool(exists) and not free
 
 
 def orphans(cluster: Cluster, addresses: tuple[str, ...]) -> list[tuple[str, bool, bool]]:
     """Sessions Postgres still keeps for hosts that are gone: (host, in a transaction,
-    holding an upload's lock)."""
+    holding rows of the devices' sync states: `SELECT … FOR UPDATE` took the table's
+    RowShareLock, as an apply round's claim does)."""
     rows = cluster.sql(
         "SELECT host(a.client_addr), a.xact_start IS NOT NULL, EXISTS ("
-        "  SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory'"
-        "  AND l.objsubid = 1 AND l.granted)"
+        "  SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'relation'"
+        "  AND l.relation = 'operations_devicesyncstate'::regclass"
+        "  AND l.mode = 'RowShareLock' AND l.granted)"
         " FROM pg_stat_activity a WHERE host(a.client_addr) = ANY(%s)",
         (list(addresses),),
     )
     names = {cluster.address(name): name for name in cluster.hosts}
-    return [(names[address], bool(xact), bool(lock)) for address, xact, lock in rows]
+    return [(names[address], bool(xact), bool(states)) for address, xact, states in rows]

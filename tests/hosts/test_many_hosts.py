@@ -20,7 +20,7 @@ import pytest
 
 from tests.field.fieldday import sha256_of
 from tests.hosts import balancer, network
-from tests.hosts.cluster import SKEW, Cluster, faketime_library
+from tests.hosts.cluster import SHARED_SETTINGS, SKEW, Cluster, faketime_library
 from tests.hosts.scenario import LOST_WORKER, SURVIVING_WORKER, Run, play
 
 pytestmark = [pytest.mark.hosts, pytest.mark.timeout(900)]
@@ -140,6 +140,24 @@ def test_an_upload_cut_off_with_its_web_host_resumes_on_the_other_from_the_store
         assert (resumed.server, resumed.offset) == (loss.survivor, stored)
 
 
+def test_the_cut_uploads_lease_lapses_by_itself_and_the_survivor_takes_it_over(run: Run) -> None:
+    # Given the lease the cut PATCH held in its upload's row at the loss, and what was seen
+    # of the row after (by Postgres' clock, as the lease is)
+    loss = run.loss
+    lease = float(SHARED_SETTINGS["UPLOADS_LOCK_LEASE_SECONDS"])
+    assert loss.lease_token
+    # Then no one renewed it: it lapsed at most UPLOADS_LOCK_LEASE_SECONDS after the loss
+    assert loss.at < loss.lease_lapses_at <= loss.at + lease + 0.5
+    # And while it ran no request took it (the phone's retries were refused 423 or waited)
+    while_running = [held for at, held in loss.lease_seen if at < loss.lease_lapses_at]
+    assert while_running
+    assert all(while_running)
+    # And once it lapsed a request of the phone on the survivor took the upload over, soon
+    assert loss.lease_lapses_at <= loss.lease_taken_at < loss.lease_lapses_at + 30
+    # By itself: before Postgres had dropped a single session of the lost hosts
+    assert loss.lease_lapses_at < loss.reaped_at
+
+
 def test_every_file_is_attached_once_whole_with_the_phones_checksum(run: Run) -> None:
     attached = {
         row[0]: row[1:]
@@ -194,14 +212,18 @@ def test_what_the_lost_worker_left_is_finished_on_the_surviving_worker(run: Run)
     assert {LOST_WORKER, SURVIVING_WORKER} == {w for ws in applied_by.values() for w in ws}
 
 
-def test_postgres_drops_the_lost_hosts_sessions_and_their_locks(run: Run) -> None:
+def test_postgres_drops_the_lost_hosts_sessions_and_their_row_locks(run: Run) -> None:
     loss = run.loss
     # Given the sessions Postgres still had for the lost hosts right after the loss: the
-    # worker's apply inside its transaction, the web host's upload lock
-    assert any(host == LOST_WORKER and in_transaction for host, in_transaction, _ in loss.orphans)
-    assert any(host == loss.web and locking for host, _, locking in loss.orphans)
-    # Then they were dropped (devstack.services.DEAD_CLIENT_SETTINGS), before the web host
-    # came back, so no returning host freed them
+    # worker's apply round inside its transaction, holding sync-state rows, the held
+    # device's among them (its next round waits for it)
+    assert any(
+        host == LOST_WORKER and in_transaction and states
+        for host, in_transaction, states in loss.orphans
+    )
+    assert loss.held_row_locked
+    # Then they were dropped (devstack.services.DEAD_CLIENT_SETTINGS), the web host's idle
+    # pooled ones too, before the web host came back, so no returning host freed them
     assert loss.at < loss.reaped_at < loss.back_at
     assert loss.reaped_at - loss.at < 90
 
@@ -260,12 +282,25 @@ def test_the_run_is_summarised(run: Run) -> None:
     for at, what in run.cluster.events:
         print(f"{at - start:7.1f} s  {what}")
     loss = run.loss
+    (upload,) = loss.writing
+    refused = [
+        r
+        for r in balancer.requests_logged(run.cluster.request_log)
+        if r.upload == upload and r.began > loss.at and r.status == 423
+    ]
     print(f"(times from {start:.3f}, the wall clock, as in the balancer's log)")
     print(
         f"lost {loss.web} and {LOST_WORKER} at {loss.at - start:.1f} s; balancer had it out"
-        f" {loss.down_at - loss.at:.1f} s later; Postgres dropped their sessions"
-        f" {loss.reaped_at - loss.at:.1f} s later; {loss.web} back at {loss.back_at - start:.1f} s;"
+        f" {loss.down_at - loss.at:.1f} s later; the cut upload's lease lapsed"
+        f" {loss.lease_lapses_at - loss.at:.1f} s later ({len(refused)} PATCH refused 423 until"
+        f" then) and {loss.survivor} took it {loss.lease_taken_at - loss.at:.1f} s later;"
+        f" Postgres dropped their sessions {loss.reaped_at - loss.at:.1f} s later;"
+        f" {loss.web} back at {loss.back_at - start:.1f} s;"
         f" {len(loss.pending)} ops and {len(loss.unfinished)} uploads were left unfinished"
+    )
+    print(
+        "sessions of the lost hosts right after (host, in a transaction, holding sync-state"
+        f" rows): {sorted(loss.orphans)}"
     )
 
 
