@@ -1,7 +1,7 @@
 """Load and soak: N simulated phones syncing on a phone-like schedule, against the servers as
 production runs them (gunicorn from gunicorn.conf.py, one Celery worker of 2 processes).
 
-For each device count N (BENCH_LOAD_DEVICES, default 50,200,350,500), in an organisation of its
+For each device count N (BENCH_LOAD_DEVICES, default 200,500,800), in an organisation of its
 own:
 
 1. Set-up, untimed: N technicians, each with a token and a phone (device) of their own, and a
@@ -114,7 +114,7 @@ def say(message: str) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    devices: tuple[int, ...] = (50, 200, 350, 500)
+    devices: tuple[int, ...] = (200, 500, 800)
     seconds: float = 60.0
     interval: float = 10.0
     jitter: float = 0.3
@@ -130,7 +130,7 @@ class Plan:
 
     @classmethod
     def from_env(cls) -> Plan:
-        devices = os.environ.get("BENCH_LOAD_DEVICES", "50,200,350,500")
+        devices = os.environ.get("BENCH_LOAD_DEVICES", "200,500,800")
         return cls(
             devices=tuple(int(n) for n in devices.split(",") if n.strip()),
             seconds=float(os.environ.get("BENCH_LOAD_SECONDS", "60")),
