@@ -575,7 +575,7 @@ class SyncBench:
             sync = conn.execute("SHOW synchronous_commit").fetchone()
         web = (
             f"gunicorn {os.environ.get('WEB_CONCURRENCY', '2')} gthread workers of "
-            f"{os.environ.get('WEB_THREADS', '8')} threads"
+            f"{os.environ.get('WEB_THREADS', '64')} threads"
         )
         return Machine(
             cores=os.cpu_count() or 0,
