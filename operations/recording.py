@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from django.db import connection
-from django.db.models import AutoField, Field, JSONField, Model
+from django.db.models import AutoField, Field, Model
 from django.utils import timezone
 
 from accounts.models import User
@@ -171,9 +171,10 @@ class ChangeSet:
         self._outcomes.append(op)
 
     # --- commit -----------------------------------------------------------------------
-    def flush(self) -> None:
+    def flush(self, work_orders: Mapping[uuid.UUID, Any] | None = None) -> None:
         """Write the changed records, the events and the feed entries. Call last in the
-        transaction."""
+        transaction. ``work_orders``: work orders this transaction holds locked, current in
+        memory, whose assignees need not be read again."""
         # Parents first (registry order): a new child may reference a new work order.
         for spec, records in _by_entity(self._created):
             insert_rows(spec.model, records)
@@ -182,7 +183,7 @@ class ChangeSet:
         self._created.clear()
         self._dirty.clear()
         insert_rows(Event, self.events)
-        rows = self._feed_rows()
+        rows = self._feed_rows(work_orders or {})
         # The organisation's feed lock, held until commit, is taken by the same statement
         # before its first position: positions become visible in the order they were taken.
         insert_rows(FeedEntry, rows, lock=(FEED_LOCK_CLASS, self.organization_id))
@@ -241,9 +242,11 @@ class ChangeSet:
         # Remember the first assignee seen in this change set: the one who loses scope.
         self._reassigned.setdefault(work_order.pk, work_order.assigned_to_id)
 
-    def _feed_rows(self) -> list[FeedEntry]:
+    def _feed_rows(self, known: Mapping[uuid.UUID, Any]) -> list[FeedEntry]:
         self._fan_out_reassignments()
-        assignees = self._assignees({row.work_order_id for row in self._feed.values()})
+        wanted = {row.work_order_id for row in self._feed.values()}
+        assignees = {i: known[i].assigned_to_id for i in wanted if i in known}
+        assignees.update(self._assignees(wanted - assignees.keys()))
         rows = [
             FeedEntry(
                 organization_id=self.organization_id,
@@ -329,23 +332,50 @@ def _by_entity(
 def insert_rows(
     model: type[Model], objs: Sequence[Model], lock: tuple[int, int] | None = None
 ) -> None:
-    """One ``INSERT … SELECT FROM unnest(…)`` for many rows of a model: one array per column,
-    so the statement is the same (and built once) whatever the number of rows. An
-    auto-increment primary key is left to the database. With ``lock``, the statement first
-    takes that transaction-level advisory lock (one round trip instead of two)."""
+    """One ``INSERT … SELECT FROM jsonb_to_recordset(…)`` for many rows of a model: the rows
+    travel as one JSON document (Postgres parses it; adapting every value in Python cost
+    more than the rest of a round), so the statement is the same (and built once) whatever
+    the number of rows. An auto-increment primary key is left to the database. With
+    ``lock``, the statement first takes that transaction-level advisory lock (one round trip
+    instead of two)."""
     if not objs:
         return
     fields, sql = _insert_statement(model, lock is not None)
-    params: list[Any] = list(lock) if lock is not None else []
-    for f in fields:
-        if isinstance(f, JSONField):
-            params.append([json.dumps(getattr(obj, f.attname), cls=f.encoder) for obj in objs])
-        else:
-            params.append(
-                [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in objs]
-            )
+    for obj in objs:
+        for f in fields:
+            f.pre_save(obj, add=True)  # auto_now_add and friends
+    params: list[Any] = [*(lock or ()), _rows_json(fields, objs)]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
+
+
+def update_rows(model: type[Model], names: tuple[str, ...], objs: Sequence[Model]) -> None:
+    """One ``UPDATE … FROM jsonb_to_recordset(…)`` setting these fields (attribute names) of
+    many rows, found by primary key: a round trip per model and round, not per row."""
+    if not objs:
+        return
+    fields, sql = _update_statement(model, names)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [_rows_json(fields, objs)])
+
+
+def _rows_json(fields: Sequence[Field[Any, Any]], objs: Sequence[Model]) -> str:
+    return json.dumps(
+        [{f.column: getattr(obj, f.attname) for f in fields} for obj in objs], default=_plain
+    )
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _recordset(fields: Sequence[Field[Any, Any]]) -> str:
+    quote = connection.ops.quote_name
+    return ", ".join(f"{quote(str(f.column))} {f.db_type(connection)}" for f in fields)
 
 
 @functools.lru_cache(maxsize=32)
@@ -355,43 +385,44 @@ def _insert_statement(model: type[Model], locked: bool) -> tuple[list[Field[Any,
     ]
     quote = connection.ops.quote_name
     columns = ", ".join(quote(str(f.column)) for f in fields)
-    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
-    source = f"unnest({arrays}) AS v({columns})"
+    source = f"jsonb_to_recordset(%s::jsonb) AS v({_recordset(fields)})"
     if locked:
         # The lock's one-row subquery is joined in, so it is taken before the first row (and
         # so the first position from the sequence) is produced.
         source = f"(SELECT pg_advisory_xact_lock(%s, %s)) AS l, {source}"
     table = quote(model._meta.db_table)
     # Table, columns and types come from the model; every value is a parameter.
-    sql = f"INSERT INTO {table} ({columns}) SELECT v.* FROM {source}"  # noqa: S608
+    sql = f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {source}"  # noqa: S608
+    return fields, sql
+
+
+@functools.lru_cache(maxsize=32)
+def _update_statement(
+    model: type[Model], names: tuple[str, ...]
+) -> tuple[list[Field[Any, Any]], str]:
+    # A name may be a field's name or its attname (`assigned_to` / `assigned_to_id`).
+    by_name = {f.name: f for f in model._meta.concrete_fields}
+    by_name.update({f.attname: f for f in model._meta.concrete_fields})
+    pk = model._meta.pk
+    assert pk is not None
+    fields = [pk, *(by_name[n] for n in names)]
+    quote = connection.ops.quote_name
+    key = quote(str(pk.column))
+    assignments = ", ".join(
+        f"{quote(str(f.column))} = v.{quote(str(f.column))}" for f in fields[1:]
+    )
+    # Table and column names come from the model; every value is a parameter.
+    sql = (
+        f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} "  # noqa: S608
+        f"FROM jsonb_to_recordset(%s::jsonb) AS v({_recordset(fields)}) WHERE t.{key} = v.{key}"
+    )
     return fields, sql
 
 
 def _update_records(spec: EntitySpec, records: list[SyncedRecord]) -> None:
-    """One ``UPDATE … FROM (VALUES …)`` for a model's changed records: a round trip per
-    model and batch, not per op."""
-    model = spec.model
-    # A field spec names a model field (e.g. `assigned_to`, whose column is its attname
-    # `assigned_to_id`); both spellings find it.
-    by_name = {f.name: f for f in model._meta.concrete_fields}
-    by_name.update({f.attname: f for f in model._meta.concrete_fields})
+    """The changed records of one model, in one statement."""
     names = [s.attr(n) for n, s in spec.fields.items()] + ["version", "deleted", "field_meta"]
-    columns = [model._meta.pk, *(by_name[n] for n in names), by_name["updated_at"]]
     now = timezone.now()
-    row = "(" + ", ".join(f"%s::{c.db_type(connection)}" for c in columns) + ")"
-    params: list[Any] = []
     for obj in records:
         obj.updated_at = now
-        params += [c.get_db_prep_value(getattr(obj, c.attname), connection) for c in columns]
-    quoted = [connection.ops.quote_name(str(c.column)) for c in columns]
-    pk = quoted[0]
-    assignments = ", ".join(f"{name} = v.{name}" for name in quoted[1:])
-    aliases = ", ".join(quoted)
-    # Table and column names come from the models; every value travels as a parameter.
-    sql = (
-        f"UPDATE {connection.ops.quote_name(model._meta.db_table)} AS t SET {assignments} "  # noqa: S608
-        f"FROM (VALUES {', '.join([row] * len(records))}) AS v({aliases}) "
-        f"WHERE t.{pk} = v.{pk}"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    update_rows(spec.model, (*names, "updated_at"), records)

@@ -16,14 +16,13 @@ in the same transaction that writes its event, which is unique per op.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -34,7 +33,7 @@ from conflicts.models import Conflict
 from operations.history import record_values_at
 from operations.merge import merge_fields
 from operations.models import DeviceSyncState, Operation, OpStatus
-from operations.recording import Author, ChangeSet, lock_records
+from operations.recording import Author, ChangeSet, lock_records, update_rows
 from operations.services.state import (
     devices_waiting,
     locked_at,
@@ -94,6 +93,10 @@ def ops_apply_drain(budget_seconds: float = 10.0) -> int:
         done = _round_or_carefully(None)
         finished += done.finished
         if not done.claimed or not (done.finished or done.more):
+            return finished
+        if done.waiting <= len(done.claimed) and not done.more:
+            # Nothing else was waiting when this round claimed, and whatever was pushed
+            # since rang again (the flag went down before the claim): no round to look.
             return finished
         if time.monotonic() > deadline:
             ring_coalesced(DRAIN_TASK, DRAIN_FLAG)
@@ -185,8 +188,11 @@ def _apply_round(
                     batch.changes.outcome(op)
             # Organisations in one order: each flush takes its organisation's feed lock, held
             # to commit, and rounds must not wait for each other in a circle.
+            # The round locked every work order its ops touch (and their parents): the feed
+            # reads their assignees from memory, not Postgres.
+            work_orders = {k[1]: r for k, r in records.items() if k[0] == WORK_ORDER.name}
             for org in sorted(changesets):
-                changesets[org].flush()
+                changesets[org].flush(work_orders)
             done.finished = len(ops)
     for state, ops in logs:
         log_event(
@@ -277,52 +283,14 @@ def _read_or_finish(state: DeviceSyncState, op_id: uuid.UUID, seq: int | None) -
 
 def _save_states(states: list[DeviceSyncState]) -> None:
     """One UPDATE for the round's watermarks and gap notes."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE operations_devicesyncstate AS s
-            SET done_seq = v.done_seq, gap_since = v.gap_since, gap_seq = v.gap_seq,
-                skipped_seqs = v.skipped
-            FROM unnest(%s::uuid[], %s::bigint[], %s::timestamptz[], %s::bigint[], %s::jsonb[])
-                AS v(device_id, done_seq, gap_since, gap_seq, skipped)
-            WHERE s.device_id = v.device_id
-            """,
-            [
-                [s.pk for s in states],
-                [s.done_seq for s in states],
-                [s.gap_since for s in states],
-                [s.gap_seq for s in states],
-                [json.dumps(s.skipped_seqs) for s in states],
-            ],
-        )
+    update_rows(DeviceSyncState, ("done_seq", "gap_since", "gap_seq", "skipped_seqs"), states)
 
 
 def _save_outcomes(ops: list[Operation]) -> None:
-    """One UPDATE for a batch's outcomes (Django's bulk_update builds a CASE per field per
+    """One UPDATE for a round's outcomes (Django's bulk_update builds a CASE per field per
     row, which was half of the apply loop's time)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            UPDATE operations_operation AS o
-            SET status = v.status, code = v.code, detail = v.detail, version = v.version,
-                overridden_fields = v.overridden, conflict_ids = v.conflicts,
-                finished_at = v.finished_at
-            FROM unnest(%s::uuid[], %s::varchar[], %s::varchar[], %s::text[], %s::bigint[],
-                        %s::jsonb[], %s::jsonb[], %s::timestamptz[])
-                AS v(op_id, status, code, detail, version, overridden, conflicts, finished_at)
-            WHERE o.op_id = v.op_id
-            """,
-            [
-                [op.op_id for op in ops],
-                [op.status for op in ops],
-                [op.code for op in ops],
-                [op.detail for op in ops],
-                [op.version for op in ops],
-                [json.dumps(op.overridden_fields) for op in ops],
-                [json.dumps(op.conflict_ids) for op in ops],
-                [op.finished_at for op in ops],
-            ],
-        )
+    fields = ("status", "code", "detail", "version", "overridden_fields", "conflict_ids")
+    update_rows(Operation, (*fields, "finished_at"), ops)
 
 
 def _runnable(state: DeviceSyncState, candidates: list[Operation]) -> list[Operation]:
