@@ -17,7 +17,7 @@ Ingest and apply run as BENCH_SYNC_PAIRS (default 3) interleaved floor/ours pair
 ours, floor, ours, …): each ratio reported is the median of the pairs' ratios, with their
 spread, since a floor measured once on a shared machine swings by a factor of two.
 
-`make bench` runs it; `BENCH_SYNC_BATCHES` (timed batches per client and pair, default 30),
+`make bench` runs it; `BENCH_SYNC_BATCHES` (timed batches per client and pair, default 60),
 `BENCH_SYNC_PAIRS` and `BENCH_SYNC_LATENCY_SECONDS` (default 20) shorten it for a quick
 check. The bench database keeps earlier runs' data (each run has its own organisation); drop
 it for a pristine run.
@@ -84,7 +84,7 @@ class Plan:
     batch: int = 100
     records_per_client: int = 50
     warmup_batches: int = 2
-    timed_batches: int = 30
+    timed_batches: int = 60
     pairs: int = 3
     workers: int = 2
     latency_rate: float = 200.0
@@ -100,7 +100,7 @@ class Plan:
     @classmethod
     def from_env(cls) -> Plan:
         return cls(
-            timed_batches=int(os.environ.get("BENCH_SYNC_BATCHES", "30")),
+            timed_batches=int(os.environ.get("BENCH_SYNC_BATCHES", "60")),
             pairs=max(1, int(os.environ.get("BENCH_SYNC_PAIRS", "3"))),
             latency_seconds=float(os.environ.get("BENCH_SYNC_LATENCY_SECONDS", "20")),
         )

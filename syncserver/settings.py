@@ -286,6 +286,9 @@ SYNC_MAX_PUSH_BYTES = 1024 * 1024
 # their locks for less time (docs/sync.md).
 SYNC_APPLY_BATCH = env.int("SYNC_APPLY_BATCH", default=100)
 SYNC_APPLY_DEVICES = env.int("SYNC_APPLY_DEVICES", default=32)
+# A drain waits this long before it looks, gathering the pushes that arrive meanwhile into
+# its first round: a little latency for fewer, fuller rounds.
+SYNC_APPLY_GATHER_SECONDS = env.float("SYNC_APPLY_GATHER_SECONDS", default=0.02)
 # Per device, per minute: far above what a phone syncing every few seconds sends, low enough
 # that a runaway client cannot hog the web processes.
 SYNC_PUSHES_PER_MINUTE = env.int("SYNC_PUSHES_PER_MINUTE", default=600)

@@ -86,6 +86,10 @@ def ops_apply_drain(budget_seconds: float = 10.0) -> int:
     """Apply pending ops of any devices, round after round, until none is left that this
     worker can claim; returns how many finished. Past the budget it rings for another drain
     and returns, so a long backlog is worked in tasks of bounded length."""
+    # The flag stays up for a moment first: pushes arriving meanwhile ring nobody and are
+    # applied in this drain's first round, so a steady trickle of pushes costs a task per
+    # handful of them rather than one each.
+    time.sleep(settings.SYNC_APPLY_GATHER_SECONDS)
     answered(DRAIN_FLAG)  # from here on, a new push rings again
     finished = 0
     deadline = time.monotonic() + budget_seconds
