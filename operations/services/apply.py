@@ -158,7 +158,12 @@ def _apply_round(
         done.waiting = devices_waiting(states)
         if not states:
             return done
-        candidates = _candidates(states, careful)
+        # At most SYNC_APPLY_ROUND_OPS in all: a round's ops commit together, so a round
+        # full of one tenant's backlog must stay short for the next tenant's op behind it.
+        per_device = max(
+            1, min(settings.SYNC_APPLY_BATCH, settings.SYNC_APPLY_ROUND_OPS // len(states))
+        )
+        candidates = _candidates(states, careful, per_device)
         changesets: dict[int, ChangeSet] = {}
         records: dict[RecordKey, Any] = {}
         conflicts: list[Conflict] = []
@@ -168,7 +173,7 @@ def _apply_round(
             watermark = state.done_seq
             runnable = _runnable(state, ops)
             progressed = bool(runnable) or state.done_seq > watermark
-            done.more = done.more or (len(ops) >= settings.SYNC_APPLY_BATCH and progressed)
+            done.more = done.more or (len(ops) >= per_device and progressed)
             if runnable:
                 org = state.device.organization_id
                 changes = changesets.setdefault(org, ChangeSet(org, immediate=careful))
@@ -231,22 +236,24 @@ _CANDIDATES_SQL = """
 """
 
 
-def _candidates(states: list[DeviceSyncState], careful: bool) -> dict[uuid.UUID, list[Operation]]:
+def _candidates(
+    states: list[DeviceSyncState], careful: bool, limit: int
+) -> dict[uuid.UUID, list[Operation]]:
     """The devices' next ops, in seq order, by device. Carefully (after a failed round, one
     device at a time), an op whose row cannot even be read is finished as ``internal_error``
     rather than blocking the ops behind it for ever."""
     if not careful:
-        return _read_candidates(states)
+        return _read_candidates(states, limit)
     try:
         with transaction.atomic():
-            return _read_candidates(states)
+            return _read_candidates(states, limit)
     except DatabaseError as exc:
         log_warning("apply.unreadable_ops", devices=[str(s.pk) for s in states], error=repr(exc))
     (state,) = states
     rows = (
         Operation.objects.filter(device_id=state.pk)
         .filter(Q(status=OpStatus.PENDING) | Q(rejected_at_push=True, seq__gt=state.done_seq))
-        .order_by("seq", "received_at")[: settings.SYNC_APPLY_BATCH]
+        .order_by("seq", "received_at")[:limit]
     )
     return {
         state.pk: [
@@ -255,11 +262,11 @@ def _candidates(states: list[DeviceSyncState], careful: bool) -> dict[uuid.UUID,
     }
 
 
-def _read_candidates(states: list[DeviceSyncState]) -> dict[uuid.UUID, list[Operation]]:
+def _read_candidates(states: list[DeviceSyncState], limit: int) -> dict[uuid.UUID, list[Operation]]:
     params = {
         "devices": [s.pk for s in states],
         "done": [s.done_seq for s in states],
-        "limit": settings.SYNC_APPLY_BATCH,
+        "limit": limit,
     }
     by_device: dict[uuid.UUID, list[Operation]] = {}
     for op in Operation.objects.raw(_CANDIDATES_SQL, params):
