@@ -288,7 +288,7 @@ SYNC_APPLY_BATCH = env.int("SYNC_APPLY_BATCH", default=100)
 SYNC_APPLY_DEVICES = env.int("SYNC_APPLY_DEVICES", default=32)
 # …and at most this many ops in all (fewer of each device when many are claimed): a round
 # commits at once, so it must stay short for the other tenants' ops behind it.
-SYNC_APPLY_ROUND_OPS = env.int("SYNC_APPLY_ROUND_OPS", default=400)
+SYNC_APPLY_ROUND_OPS = env.int("SYNC_APPLY_ROUND_OPS", default=200)
 # A drain waits this long before it looks, gathering the pushes that arrive meanwhile into
 # its first round: a little latency for fewer, fuller rounds.
 SYNC_APPLY_GATHER_SECONDS = env.float("SYNC_APPLY_GATHER_SECONDS", default=0.02)
