@@ -210,8 +210,7 @@ class _Appender:
             if self.filled == part_size:
                 self._upload_part(self._assemble())
                 self.filled = 0
-                if self.checksum is None:
-                    self._commit()
+                self._commit_part()
             self.lease.renew_if_due()
             release_connection()  # the phone may take its time: the API may not wait for it
             received = body.readinto(self.view[self.filled :])
@@ -316,6 +315,15 @@ class _Appender:
         self.reserved = self.filled = self.tail_size
 
     # --- committing -------------------------------------------------------------------
+    def _commit_part(self) -> None:
+        """Commit a part as soon as it is stored, so that a body breaking later loses none
+        of it; unless the body counts only as a whole (a checksum), or this was the file's
+        last part: ``finish`` commits that one together with the verification it needs (a
+        crash between two commits would leave a file that every client takes for done and
+        no worker is asked to verify)."""
+        if self.checksum is None and self.stored_end < self.upload.length:
+            self._commit()
+
     def _commit(self, final: bool = False) -> None:
         upload = self.upload
         now = timezone.now()
