@@ -182,8 +182,13 @@ class Cluster:
         for name in WEB_HOSTS:
             self.start_web(name)
         # No worker yet: /readyz answers 503, and the balancer must hold both web hosts out.
+        # L7STS: the host answered its check with a failing status (the 503); while the next
+        # check is under way HAProxy shows "* L7STS" and no code yet.
         self.wait_for_servers(
-            lambda states: all(s.down and s.check_code == "503" for s in states.values()),
+            lambda states: all(
+                s.down and "L7STS" in s.check_status and s.check_code in ("503", "0")
+                for s in states.values()
+            ),
             "the balancer never took the web hosts out while /readyz said 503",
         )
         self.startup_states = balancer.servers(self.address("lb"))
