@@ -232,9 +232,12 @@ def test_the_balancer_routes_around_the_lost_web_host_by_readyz_and_back(run: Ru
     cluster, loss = run.cluster, run.loss
     logged = balancer.requests_logged(cluster.request_log)
     # Given the start, when /readyz said 503 (no Celery worker yet): both out of rotation
-    assert {
-        name: (s.down, s.check_status, s.check_code) for name, s in cluster.startup_states.items()
-    } == {name: (True, "L7STS", "503") for name in ("web1", "web2")}
+    # (a check under way shows "* L7STS" and no code: the last one failed all the same)
+    assert set(cluster.startup_states) == {"web1", "web2"}
+    assert all(
+        s.down and "L7STS" in s.check_status and s.check_code in ("503", "0")
+        for s in cluster.startup_states.values()
+    ), cluster.startup_states
     # When the web host was lost, the balancer took it out within its health checks
     assert loss.down_at - loss.at < 15
     # Then every request from then until its cable went back in went to the survivor, and
