@@ -47,14 +47,9 @@ class Operation(models.Model):
     finished_at = models.DateTimeField(null=True)
 
     class Meta:
-        constraints = [
-            # A device's seq names one op; ops refused at push may repeat a seq.
-            models.UniqueConstraint(
-                fields=["device", "seq"],
-                condition=Q(rejected_at_push=False),
-                name="op_device_seq_uniq",
-            ),
-        ]
+        # Partitioned by month of received_at (operations.partitions). Unique in each
+        # partition, and checked across them by the push: op_id, and a device's seq (ops
+        # refused at push may repeat a seq).
         indexes = [
             models.Index(
                 fields=["device", "seq"], condition=Q(status="pending"), name="op_pending_idx"
@@ -132,17 +127,10 @@ class Event(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["entity", "entity_id", "version"],
-                condition=Q(bumped=True),
-                name="event_record_version_uniq",
-            ),
-            # An op is applied at most once, whatever the workers do.
-            models.UniqueConstraint(
-                fields=["op_id"], condition=Q(op_id__isnull=False), name="event_op_uniq"
-            ),
-        ]
+        # Partitioned by month of created_at (operations.partitions). Unique in each
+        # partition: a bumping event's (record, version), and an event's op_id (an op is
+        # applied at most once, whatever the workers do: its status moves from pending only
+        # once, under its device's sync-state row lock).
         indexes = [models.Index(fields=["entity_id", "version"], name="event_record_idx")]
 
     def __str__(self) -> str:
@@ -176,6 +164,8 @@ class FeedEntry(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
+        # Partitioned by month of created_at (operations.partitions), with a base partition
+        # for the entries retention keeps.
         indexes = [
             models.Index(fields=["organization", "pos"], name="feed_org_pos_idx"),
             models.Index(

@@ -276,9 +276,18 @@ REFUSED_BODY_DRAIN_SECONDS = env.float("REFUSED_BODY_DRAIN_SECONDS", default=5.0
 SYNC_GAP_TIMEOUT_SECONDS = env.float("SYNC_GAP_TIMEOUT_SECONDS", default=600.0)
 # Pending ops older than this are re-rung by the sweep (a dead worker or a lost message).
 SYNC_STALE_PENDING_SECONDS = env.float("SYNC_STALE_PENDING_SECONDS", default=10.0)
-# Applied ops and superseded feed entries older than this may be compacted; cursors older
-# than the compaction point get 410 cursor_expired.
+# History is partitioned by calendar month (operations.partitions): a month of the op log
+# and of the change feed is dropped once all of it is older than this (so a row lives 1-2
+# months longer at most); cursors from before a dropped month get 410 cursor_expired.
 SYNC_RETENTION_DAYS = env.int("SYNC_RETENTION_DAYS", default=90)
+# The event log is kept for ever unless this is set (the records are rebuilt from it).
+SYNC_EVENT_RETENTION_DAYS = env.int("SYNC_EVENT_RETENTION_DAYS", default=0)
+# Months of partitions made ahead of time (beat makes them with the retention, every 6 h).
+SYNC_PARTITIONS_AHEAD = env.int("SYNC_PARTITIONS_AHEAD", default=2)
+# Within this long of a month's edge, pushes of one device are serialised (a retry stamped
+# by another host's clock might land in the other month's partition): more than the clock
+# skew between hosts plus the longest a push can run.
+SYNC_PARTITION_EDGE_SECONDS = env.float("SYNC_PARTITION_EDGE_SECONDS", default=300.0)
 SYNC_MAX_OPS_PER_PUSH = 500
 SYNC_MAX_PUSH_BYTES = 1024 * 1024
 # An apply round (one transaction) takes up to SYNC_APPLY_BATCH ops of each of up to

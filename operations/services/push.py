@@ -1,7 +1,8 @@
 """Push: store a batch of ops durably, in one short transaction, and answer per op.
 
-Idempotent by constraint: the primary key on ``op_id`` and the unique ``(device, seq)``
-decide what is new, so a retried batch can never store an op twice. Only after commit is a
+Idempotent by constraint: the uniques on ``op_id`` and ``(device, seq)`` decide what is new,
+so a retried batch can never store an op twice (the op log is partitioned by month, and the
+insert checks the other months itself: ``operations.partitions``). Only after commit is a
 worker rung to apply them (``operations.services.apply``).
 """
 
@@ -23,6 +24,7 @@ from accounts.services import device_claim, device_touch
 from common.doorbell import ring
 from common.logging import log_event
 from operations.models import Operation, OpStatus
+from operations.partitions import month_of, near_edge, next_month
 from operations.recording import ChangeSet
 from operations.services.apply import ring_drain
 from operations.services.state import note_last_error
@@ -86,8 +88,12 @@ def _store(device: Device, rows: list[_Row]) -> tuple[set[uuid.UUID], dict[uuid.
     full path, which writes the refusals' outcomes to the feed in the same transaction.
     """
     inserted: set[uuid.UUID] = set()
+    # Near a month's edge, two copies of one op could go to either side of it, where no
+    # unique sees both: then the batch takes the full path, behind its device's lock.
+    edge = bool(rows) and near_edge(rows[0].received_at)
     if (
-        not any(r.rejected_at_push for r in rows)
+        not edge
+        and not any(r.rejected_at_push for r in rows)
         and not transaction.get_connection().in_atomic_block
     ):
         inserted = _insert_ops(rows)
@@ -95,6 +101,10 @@ def _store(device: Device, rows: list[_Row]) -> tuple[set[uuid.UUID], dict[uuid.
             ring_drain()
             return inserted, {}
     with transaction.atomic():
+        if edge:
+            keys = [f"push:{device.id}", *(f"op:{r.op_id}" for r in rows)]
+            with connection.cursor() as cursor:
+                cursor.execute(_EDGE_LOCK_SQL, [keys])
         inserted |= _insert_ops([r for r in rows if r.op_id not in inserted])
         existing = Operation.objects.in_bulk([r.op_id for r in rows if r.op_id not in inserted])
         seq_clashes = [r for r in rows if r.op_id not in inserted and r.op_id not in existing]
@@ -320,20 +330,40 @@ _INSERT_SQL = """
         client_time timestamptz, content_hash varchar, received_at timestamptz,
         status varchar, rejected_at_push boolean, code varchar, detail text,
         finished_at timestamptz)
+    -- The op log is partitioned by month (operations.partitions): ON CONFLICT sees the
+    -- uniques of the partition the row goes to; these see the other months'.
+    WHERE NOT EXISTS (
+        SELECT 1 FROM operations_operation o
+        WHERE o.op_id = r.op_id AND (o.received_at < %s OR o.received_at >= %s))
+      AND (r.rejected_at_push OR r.seq IS NULL OR NOT EXISTS (
+        SELECT 1 FROM operations_operation o
+        WHERE o.device_id = r.device_id AND o.seq = r.seq AND NOT o.rejected_at_push
+          AND (o.received_at < %s OR o.received_at >= %s)))
     ON CONFLICT DO NOTHING
     RETURNING op_id
+"""
+# Near a month's edge: every push of the device, and of each of the batch's op ids, one at a
+# time (in key order, so two pushes never wait for each other's).
+_EDGE_LOCK_SQL = """
+    SELECT pg_advisory_xact_lock(k) FROM (
+        SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(%s::text[]) AS x ORDER BY 1
+    ) AS keys
 """
 
 
 def _insert_ops(rows: list[_Row]) -> set[uuid.UUID]:
     """INSERT … ON CONFLICT DO NOTHING; returns the op ids actually inserted. Idempotency is
-    the primary key on op_id and the unique (device, seq): no check-then-act race. Rows are
-    inserted in the batch's order, so of two with one seq the first is stored."""
+    the uniques on op_id and (device, seq) of the month's partition, and the statement's own
+    look at the other months (with no race there but near a month's edge, where ``_store``
+    takes locks first). Rows are inserted in the batch's order, so of two with one seq the
+    first is stored."""
     if not rows:
         return set()
     batch = json.dumps([r.wire() for r in rows])
+    month = month_of(rows[0].received_at)
+    other_months = [month, next_month(month)]
     with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL, [rows[0].device_id, batch])
+        cursor.execute(_INSERT_SQL, [rows[0].device_id, batch, *other_months, *other_months])
         return {row[0] for row in cursor.fetchall()}
 
 

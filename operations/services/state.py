@@ -159,11 +159,6 @@ def compacted_seq(device_id: uuid.UUID) -> int:
     return rows.first() or 0
 
 
-def raise_compacted_seq(device_id: uuid.UUID, seq: int) -> None:
-    _ensure([device_id])
-    DeviceSyncState.objects.filter(pk=device_id, compacted_seq__lt=seq).update(compacted_seq=seq)
-
-
 class Finished(Protocol):
     """What the device's last error needs of a finished op."""
 

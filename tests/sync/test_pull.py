@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
@@ -207,8 +208,10 @@ def test_cursor_older_than_the_retention_horizon_is_410(dispatcher: Phone) -> No
     assert old_cursor is not None
     dispatcher.push(dispatcher.op("work_order", wo, "update", 1, title="newer"))
     apply_now()
-    FeedEntry.objects.update(created_at=timezone.now() - timedelta(days=91))
-    Operation.objects.update(finished_at=timezone.now() - timedelta(days=91))
+    # History is dropped a month at a time, once all of the month is past the horizon
+    long_ago = timezone.now() - timedelta(days=settings.SYNC_RETENTION_DAYS + 62)
+    FeedEntry.objects.update(created_at=long_ago)
+    Operation.objects.update(received_at=long_ago, finished_at=long_ago)
     assert history_compact() > 0
     response = dispatcher.client.get(
         "/api/v1/sync/pull", {"device_id": dispatcher.device_id, "cursor": old_cursor}
