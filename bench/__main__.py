@@ -19,12 +19,13 @@ from types import FrameType, ModuleType
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 # In this order: sync first, so its figures don't carry SeaweedFS's memory and disk churn.
-MODULES = ("sync", "uploads", "load", "fairness")
+MODULES = ("sync", "uploads", "load", "fairness", "history")
 TITLES = {
     "sync": "Sync core: push ingest, apply, push→applied latency",
     "uploads": "Uploads",
     "load": "Load and soak: simulated phones against device count",
     "fairness": "Fairness: one organisation's burst against another's single ops",
+    "history": "History: sync costs against 10 million events, and retention of a month",
 }
 DOC_HEAD = """# Benchmarks
 

@@ -38,6 +38,8 @@ CLIENT_TIME = "2026-11-23T08:00:00Z"
 @dataclass
 class Meter:
     cpu: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
+    # Wall time: the CPU plus Postgres' part (and waits).
+    wall: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PARTS})
     queries: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PARTS})
     profiles: dict[str, cProfile.Profile] = field(default_factory=dict)
 
@@ -47,13 +49,14 @@ class Meter:
 
         profile = self.profiles.get(part)
         with CaptureQueriesContext(connection) as captured:
-            start = time.thread_time()
+            start, began = time.thread_time(), time.perf_counter()
             if profile is not None:
                 profile.enable()
             result = call()
             if profile is not None:
                 profile.disable()
             self.cpu[part].append(time.thread_time() - start)
+            self.wall[part].append(time.perf_counter() - began)
         self.queries[part].append(len(captured.captured_queries))
         return result
 
@@ -80,16 +83,16 @@ def main() -> int:
     if wanted:
         meter.profiles[wanted] = cProfile.Profile(time.thread_time)  # CPU, not waiting
     client = Client()
-    phones = _setup(client, phones_n)
+    phones = setup_phones(client, phones_n)
     rng = random.Random(7)
     # One round untimed: first-request costs (imports, caches) are not a sync's.
     for r in range(rounds + 1):
-        _round(client, phones, rng, meter if r > 0 else Meter())
+        sync_round(client, phones, rng, meter if r > 0 else Meter())
     _report(meter, phones_n * rounds)
     return 0
 
 
-def _setup(client: Any, count: int) -> list[Phone]:
+def setup_phones(client: Any, count: int) -> list[Phone]:
     from accounts.services import field_user_create, token_issue
     from operations.services import device_apply_pending
 
@@ -159,7 +162,7 @@ def _pull(client: Any, phone: Phone) -> bool:
     return bool(data["has_more"])
 
 
-def _round(client: Any, phones: list[Phone], rng: random.Random, meter: Meter) -> None:
+def sync_round(client: Any, phones: list[Phone], rng: random.Random, meter: Meter) -> None:
     """Every phone pushes; the worker drains them all (as it does under load, many devices
     a round), its cost shared out per phone; every phone pulls, then pulls again."""
     from operations.services import ops_apply_drain
@@ -174,7 +177,9 @@ def _round(client: Any, phones: list[Phone], rng: random.Random, meter: Meter) -
         before = len(meter.cpu["apply"])
         meter.run("apply", lambda: ops_apply_drain(budget_seconds=3600))
         cpu, queries = meter.cpu["apply"].pop(), meter.queries["apply"].pop()
+        wall = meter.wall["apply"].pop()
         meter.cpu["apply"][before:] = [cpu / len(group)] * len(group)
+        meter.wall["apply"][before:] = [wall / len(group)] * len(group)
         meter.queries["apply"][before:] = [queries // len(group)] * len(group)
     for phone in phones:
         meter.run("pull", lambda p=phone: _pull(client, p))  # type: ignore[misc]
