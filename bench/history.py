@@ -78,9 +78,28 @@ def run(report: dict[str, object]) -> None:
     after = Meter()
     for _ in range(rounds):
         sync_round(client, phones, rng, after)
+    plans = _plans()
     retention = _retention(conninfo, months)
     report["history"] = render(
         phones_n * rounds, events, sizes, seeded_in, before, after, retention, months
+    ) + (f"\n\nPrepared statements on this process' connection: {plans}." if plans else "")
+
+
+def _plans() -> str:
+    """How Postgres ran the hot paths' prepared statements (common.db.fetch_prepared) on
+    this process' connection: with generic plans (planned once) or custom ones."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*), sum(generic_plans), sum(custom_plans) FROM pg_prepared_statements"
+        )
+        count, generic, custom = cursor.fetchone() or (0, 0, 0)
+    if not count:
+        return ""
+    return (
+        f"{count} statements, run {generic} times with a generic plan (planned once) and"
+        f" {custom} with a custom one"
     )
 
 

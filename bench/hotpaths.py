@@ -211,14 +211,15 @@ def _edits(phone: Phone, rng: random.Random) -> list[dict[str, Any]]:
 def _report(meter: Meter, syncs: int) -> None:
     print(f"bench hotpaths: {syncs} syncs in-process (5 ops each), CPU of this thread")
     print("(apply: one drain of every phone's push per round, shared out per phone)")
-    print("| part | CPU p50 | CPU mean | queries |")
-    print("|---|---:|---:|---:|")
+    print("| part | CPU p50 | CPU mean | wall p50 | queries |")
+    print("|---|---:|---:|---:|---:|")
     for part in PARTS:
-        cpu = meter.cpu[part]
+        cpu, wall = meter.cpu[part], meter.wall[part]
         queries = statistics.median(meter.queries[part])
         print(
             f"| {part} | {statistics.median(cpu) * 1000:.2f} ms | "
-            f"{statistics.fmean(cpu) * 1000:.2f} ms | {queries:.0f} |"
+            f"{statistics.fmean(cpu) * 1000:.2f} ms | {statistics.median(wall) * 1000:.2f} ms | "
+            f"{queries:.0f} |"
         )
     for part, profile in meter.profiles.items():
         out = io.StringIO()

@@ -22,6 +22,7 @@ from django.db.models import AutoField, Field, Model
 from django.utils import timezone
 
 from accounts.models import User
+from common.db import fetch_prepared
 from operations.models import Event, EventKind, FeedEntry, FeedKind, Operation
 from workorders.fields import Json
 from workorders.models import SyncedRecord, WorkOrder
@@ -345,8 +346,7 @@ def insert_rows(
         for f in fields:
             f.pre_save(obj, add=True)  # auto_now_add and friends
     params: list[Any] = [*(lock or ()), _rows_json(fields, objs)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    fetch_prepared(sql, params)
 
 
 def update_rows(model: type[Model], names: tuple[str, ...], objs: Sequence[Model]) -> None:
@@ -355,8 +355,7 @@ def update_rows(model: type[Model], names: tuple[str, ...], objs: Sequence[Model
     if not objs:
         return
     fields, sql = _update_statement(model, names)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_rows_json(fields, objs)])
+    fetch_prepared(sql, [_rows_json(fields, objs)])
 
 
 def _rows_json(fields: Sequence[Field[Any, Any]], objs: Sequence[Model]) -> str:

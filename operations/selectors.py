@@ -8,10 +8,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection
 from django.db.models import Count
 
 from accounts.models import Device, User
+from common.db import fetch_prepared, models_prepared
 from operations.exceptions import Refusal, SyncError
 from operations.models import (
     DeviceSyncState,
@@ -176,9 +176,7 @@ def _read_feed(
         "after": after,
         "limit": limit,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_PULL_SQL[scope.whole_organization], params)
-        rows = cursor.fetchall()
+    rows, _, _ = fetch_prepared(_PULL_SQL[scope.whole_organization], params)
     head = next(r for r in rows if r[0] == 0)
     done, late = head[7] or 0, head[8]
     entries = sorted((_FeedRow(*r[1:6]) for r in rows if r[0] == 1), key=lambda e: e.pos)
@@ -228,7 +226,7 @@ def _outcomes(entries: list[_FeedRow]) -> list[Operation]:
     ids = list(dict.fromkeys(e.op_id for e in entries))
     if not ids:
         return []
-    ops = {op.op_id: op for op in Operation.objects.raw(_OUTCOMES_SQL, [ids])}
+    ops = {op.op_id: op for op in models_prepared(Operation, _OUTCOMES_SQL, [ids])}
     return [ops[i] for i in ids if i in ops]
 
 

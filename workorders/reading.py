@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Field, ForeignKey, Model
 
+from common.db import models_prepared
 from workorders.models import SyncedRecord
 from workorders.registry import ENTITIES, WORK_ORDER, EntitySpec
 
@@ -72,7 +73,7 @@ def parents_of(entity: str, ids: list[uuid.UUID]) -> list[uuid.UUID]:
 
 def _load(statement: _Statement, entity: str, ids: list[uuid.UUID]) -> list[Any]:
     out = []
-    for obj in ENTITIES[entity].model.objects.raw(statement.sql, [ids]):
+    for obj in models_prepared(ENTITIES[entity].model, statement.sql, [ids]):
         for related in statement.related:
             values = [getattr(obj, f"_rel_{related.name}_{a}") for a in related.attnames]
             instance = None if values[0] is None else related.model.from_db(

@@ -28,6 +28,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from common.db import models_prepared
 from common.doorbell import answered, ring_coalesced
 from common.logging import log_event, log_warning
 from conflicts.models import Conflict
@@ -277,7 +278,7 @@ def _read_candidates(states: list[DeviceSyncState], limit: int) -> dict[uuid.UUI
         "limit": limit,
     }
     by_device: dict[uuid.UUID, list[Operation]] = {}
-    for op in Operation.objects.raw(_CANDIDATES_SQL, params):
+    for op in models_prepared(Operation, _CANDIDATES_SQL, params):
         by_device.setdefault(op.device_id, []).append(op)
     return by_device
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Device, User
 from accounts.services import device_claim, device_touch
+from common.db import fetch_prepared
 from common.doorbell import ring
 from common.logging import log_event
 from operations.models import Operation, OpStatus
@@ -150,9 +151,7 @@ def _read_context(
                 wanted[WORK_ORDER.name].add(parent)
     params: dict[str, Any] = {"device": device_id}
     params.update({f"ids_{name}": list(ids) for name, ids in wanted.items()})
-    with connection.cursor() as cursor:
-        cursor.execute(_context_sql(tuple(ENTITIES)), params)
-        rows = cursor.fetchall()
+    rows, _, _ = fetch_prepared(_context_sql(tuple(ENTITIES)), params)
     horizon = 0
     found: dict[RecordKey, _Found] = {}
     for entity, pk, organization_id, version, holder_org, holder_assignee in rows:
@@ -362,9 +361,8 @@ def _insert_ops(rows: list[_Row]) -> set[uuid.UUID]:
     batch = json.dumps([r.wire() for r in rows])
     month = month_of(rows[0].received_at)
     other_months = [month, next_month(month)]
-    with connection.cursor() as cursor:
-        cursor.execute(_INSERT_SQL, [rows[0].device_id, batch, *other_months, *other_months])
-        return {row[0] for row in cursor.fetchall()}
+    params = [rows[0].device_id, batch, *other_months, *other_months]
+    return {row[0] for row in fetch_prepared(_INSERT_SQL, params)[0]}
 
 
 def _push_result(

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connection
 
 from accounts.models import Device, User
+from common.db import models_prepared
 from operations.models import DeviceSyncState, OpStatus
 
 
@@ -137,7 +138,7 @@ def locked_at(state: DeviceSyncState) -> datetime:
 
 
 def _load(sql: str, params: dict[str, Any]) -> list[DeviceSyncState]:
-    states = list(DeviceSyncState.objects.raw(sql, params))
+    states = models_prepared(DeviceSyncState, sql, params)
     for state in states:
         device = Device.from_db(
             connection.alias,
