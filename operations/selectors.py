@@ -6,6 +6,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count
@@ -25,22 +26,51 @@ from workorders.registry import ENTITIES
 from workorders.scope import Scope
 
 _CURSOR_PREFIX = "fs1:"
+# The feed is partitioned by month of created_at (operations.partitions). A cursor also
+# carries a moment no entry after its position can be older than (an entry's created_at is
+# its writer's clock when it was written; a later position of the same organisation can be
+# older only by the time its transaction waited for the organisation's feed lock and the
+# clock skew between hosts), so a pull plans and reads only the months from there on.
+# ``SINCE_MARGIN`` covers both many times over.
+SINCE_MARGIN = timedelta(hours=1)
+# No bound: every partition, the feed's base (entries kept past retention) included.
+_EVER = datetime(1900, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    pos: int
+    since: datetime = _EVER  # no entry after pos was written before this
+
+    def encode(self) -> str:
+        text = f"{_CURSOR_PREFIX}{self.pos}"
+        if self.since != _EVER:
+            text += f":{int(self.since.timestamp())}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def cursor_encode(pos: int) -> str:
-    return base64.urlsafe_b64encode(f"{_CURSOR_PREFIX}{pos}".encode()).decode().rstrip("=")
+    return Cursor(pos).encode()
 
 
 def cursor_decode(cursor: str | None) -> int:
+    return cursor_read(cursor).pos
+
+
+def cursor_read(cursor: str | None) -> Cursor:
+    """A cursor this server issued (``fs1:<pos>``, or ``fs1:<pos>:<since, epoch seconds>``);
+    no cursor is the start of the feed."""
     if not cursor:
-        return 0
+        return Cursor(0)
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         if text.startswith(_CURSOR_PREFIX):
-            pos = int(text[len(_CURSOR_PREFIX) :])
-            if pos >= 0:
-                return pos
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+            pos, _, since = text[len(_CURSOR_PREFIX) :].partition(":")
+            if int(pos) >= 0:
+                if not since:
+                    return Cursor(int(pos))
+                return Cursor(int(pos), datetime.fromtimestamp(int(since), tz=UTC))
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError, OSError):
         pass
     raise SyncError("invalid_cursor", "cursor is not one this server issued")
 
@@ -84,9 +114,10 @@ def changes_since(user: User, device: Device, cursor: str | None, limit: int) ->
     Positions become visible in commit order (see ``FeedEntry``), so following the cursor
     never skips an entry, even one written by a transaction that was slow to commit.
     """
-    after = cursor_decode(cursor)
+    read = cursor_read(cursor)
+    after = read.pos
     scope = Scope.of(user)
-    head, entries = _read_feed(scope, device.pk, after, limit + 1)
+    head, entries = _read_feed(scope, device.pk, read, limit + 1)
     if after and head.horizon and after < head.horizon:
         raise SyncError(
             "cursor_expired",
@@ -99,9 +130,18 @@ def changes_since(user: User, device: Device, cursor: str | None, limit: int) ->
         changes=_changes(scope, [e for e in entries if e.kind == FeedKind.RECORD]),
         outcomes=_outcomes([e for e in entries if e.kind == FeedKind.OUTCOME]),
         last_done_seq=head.last_done_seq,
-        cursor=cursor_encode(entries[-1].pos if entries else after),
+        cursor=_next_cursor(read, entries),
         has_more=has_more,
     )
+
+
+def _next_cursor(read: Cursor, entries: list[_FeedRow]) -> str:
+    if not entries:
+        return read.encode()
+    last = entries[-1]
+    if last.created_at is None or last.created_at < _EVER + SINCE_MARGIN:
+        return Cursor(last.pos).encode()  # an entry of the base: no bound yet
+    return Cursor(last.pos, max(read.since, last.created_at - SINCE_MARGIN)).encode()
 
 
 @dataclass(frozen=True)
@@ -118,6 +158,7 @@ class _FeedRow:
     entity: str
     entity_id: uuid.UUID | None
     op_id: uuid.UUID | None
+    created_at: datetime | None = None
 
 
 # What a pull reads, in one round trip of one fixed statement (built once, so a pull spends
@@ -131,32 +172,35 @@ _HEAD_SQL = """
            (SELECT horizon_pos FROM operations_retentionmark WHERE id = 1) AS horizon,
            s.done_seq,
            (SELECT min(o.seq) FROM operations_operation o
-             WHERE o.device_id = %(device)s AND o.status = 'pending' AND o.seq <= s.done_seq)
+             WHERE o.device_id = %(device)s AND o.status = 'pending' AND o.seq <= s.done_seq),
+           NULL::timestamptz AS created_at
     FROM (SELECT (SELECT done_seq FROM operations_devicesyncstate
                    WHERE device_id = %(device)s) AS done_seq) AS s
 """
-_PAGE_COLUMNS = "1, pos, kind, entity, entity_id, op_id, NULL::bigint, NULL::bigint, NULL::bigint"
+_PAGE_COLUMNS = (
+    "1, pos, kind, entity, entity_id, op_id, NULL::bigint, NULL::bigint, NULL::bigint, created_at"
+)
 _TECHNICIAN_PAGE_SQL = f"""
     SELECT {_PAGE_COLUMNS} FROM (
         (SELECT * FROM operations_feedentry
-          WHERE assignee_id = %(technician)s AND pos > %(after)s
+          WHERE assignee_id = %(technician)s AND pos > %(after)s AND created_at >= %(since)s
             AND organization_id = %(org)s AND kind = 'record'
           ORDER BY pos LIMIT %(limit)s)
         UNION
         (SELECT * FROM operations_feedentry
-          WHERE prev_assignee_id = %(technician)s AND pos > %(after)s
+          WHERE prev_assignee_id = %(technician)s AND pos > %(after)s AND created_at >= %(since)s
             AND organization_id = %(org)s AND kind = 'record'
           ORDER BY pos LIMIT %(limit)s)
         UNION
         (SELECT * FROM operations_feedentry
-          WHERE device_id = %(device)s AND pos > %(after)s
+          WHERE device_id = %(device)s AND pos > %(after)s AND created_at >= %(since)s
             AND organization_id = %(org)s AND kind = 'outcome'
           ORDER BY pos LIMIT %(limit)s)
     ) AS f ORDER BY pos LIMIT %(limit)s
 """  # noqa: S608 - nothing but these constants is formatted in; every value is a parameter
 _DISPATCHER_PAGE_SQL = f"""
     SELECT {_PAGE_COLUMNS} FROM operations_feedentry
-     WHERE organization_id = %(org)s AND pos > %(after)s
+     WHERE organization_id = %(org)s AND pos > %(after)s AND created_at >= %(since)s
        AND (kind = 'record' OR (kind = 'outcome' AND device_id = %(device)s))
      ORDER BY pos LIMIT %(limit)s
 """  # noqa: S608 - nothing but these constants is formatted in; every value is a parameter
@@ -167,19 +211,23 @@ _PULL_SQL = {
 
 
 def _read_feed(
-    scope: Scope, device_id: uuid.UUID, after: int, limit: int
+    scope: Scope, device_id: uuid.UUID, after: Cursor, limit: int
 ) -> tuple[_FeedHead, list[_FeedRow]]:
     params = {
         "device": device_id,
         "technician": scope.technician_id,
         "org": scope.organization_id,
-        "after": after,
+        "after": after.pos,
+        "since": after.since,
         "limit": limit,
     }
     rows, _, _ = fetch_prepared(_PULL_SQL[scope.whole_organization], params)
     head = next(r for r in rows if r[0] == 0)
     done, late = head[7] or 0, head[8]
-    entries = sorted((_FeedRow(*r[1:6]) for r in rows if r[0] == 1), key=lambda e: e.pos)
+    entries = sorted(
+        (_FeedRow(r[1], r[2], r[3], r[4], r[5], r[9]) for r in rows if r[0] == 1),
+        key=lambda e: e.pos,
+    )
     return _FeedHead(head[6] or 0, done if late is None else late - 1), entries
 
 

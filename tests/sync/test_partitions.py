@@ -20,12 +20,15 @@ from operations.partitions import (
     FEED,
     OPS,
     History,
+    history_partition_make,
     history_partitions_ensure,
     month_of,
     months_held,
     near_edge,
+    next_month,
     partition_name,
 )
+from operations.selectors import _PULL_SQL, Cursor, cursor_read
 from operations.services import history_compact
 from tests.fixtures import Phone, apply_now
 
@@ -211,3 +214,45 @@ def test_every_partition_has_its_uniques(history: History) -> None:
         )
         counts = dict(cursor.fetchall())
     assert counts and set(counts.values()) == {len(history.uniques)}, counts
+
+
+def test_a_pull_plans_only_the_months_from_its_cursor_on(dispatcher: Phone) -> None:
+    # Given a feed with months of partitions behind this one
+    now = month_of(timezone.now())
+    past = [month_of(now - timedelta(days=31 * n)) for n in (1, 2, 3)]
+    for month in past:
+        history_partition_make(FEED, month)
+    _create(dispatcher)
+    apply_now()
+    # When a phone pulls, its next cursor carries a bound an hour before its last entry
+    dispatcher.pull()
+    read = cursor_read(dispatcher.cursor)
+    assert timezone.now() - read.since < timedelta(hours=1, minutes=1)
+
+    # Then the next pull's plan reads none of the months before that bound (the old cursor
+    # format, without one, still reads them all)
+    def plan(cursor: Cursor) -> str:
+        params = {"device": uuid.UUID(dispatcher.device_id), "technician": None,
+                  "org": dispatcher.user.org_id, "after": cursor.pos, "since": cursor.since,
+                  "limit": 100}  # fmt: skip
+        with connection.cursor() as db:
+            db.execute("EXPLAIN " + _PULL_SQL[True], params)
+            return "\n".join(row[0] for row in db.fetchall())
+
+    bounded = plan(read)
+    assert partition_name(FEED, month_of(read.since)) in bounded
+    for month in past:
+        if next_month(month) <= read.since:
+            assert partition_name(FEED, month) not in bounded
+    unbounded = plan(Cursor(read.pos))
+    assert all(partition_name(FEED, month) in unbounded for month in past)
+    # And an old-format cursor (a phone that pulled before the upgrade) pulls the same
+    dispatcher.push(dispatcher.op("work_order", str(uuid.uuid4()), "create", 0, title="later"))
+    apply_now()
+    old = dispatcher.client.get(
+        "/api/v1/sync/pull",
+        {"device_id": dispatcher.device_id, "cursor": Cursor(read.pos).encode()},
+    ).json()
+    new = dispatcher.pull()
+    assert [c["entity_id"] for c in old["changes"]] == [c["entity_id"] for c in new["changes"]]
+    assert len(new["changes"]) == 1
