@@ -12,6 +12,10 @@ however it ends; a process killed outright leaves a lease that lapses after
 UPLOADS_LOCK_LEASE_SECONDS. Every write of the holder is conditional on its token (the
 fence), so a holder whose lease lapsed and was taken by another request changes nothing:
 it answers 423 and the phone resumes from the stored offset.
+
+Round trips: taking the lease returns the upload's row (no second read), a fenced commit of
+the holder renews the lease in the same statement, and the holder's last commit may give it
+back in that statement too (``Lease.given_back``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ class Lease:
         self.token = token
         self.seconds = seconds
         self.renewed_at = time.monotonic()
+        # The row as the lease was taken (fresh: nobody else writes while we hold it).
+        self.upload: Upload | None = None
+        # Set once a fenced write of the holder cleared the lease: nothing left to give back.
+        self.given_back = False
 
     def renew_if_due(self) -> None:
         """Renew once a third of the lease has gone by. Called before each wait on the phone
@@ -60,6 +68,10 @@ class Lease:
         )
         if not renewed:
             raise lease_lost()
+        self.renewed_at = time.monotonic()
+
+    def renewed(self) -> None:
+        """A fenced write of the holder set ``expiry()`` along with its own changes."""
         self.renewed_at = time.monotonic()
 
     def expiry(self) -> CombinedExpression:
@@ -100,15 +112,27 @@ def _take(lease: Lease, wait_seconds: float) -> None:
         pause = min(pause * 2, _MAX_POLL)
 
 
+# lease_free() as SQL (Django's Now() is STATEMENT_TIMESTAMP() on Postgres), returning the
+# row so that the holder need not read it again.
+_TAKE_SQL = """
+    UPDATE media_upload
+    SET lease_token = %s, lease_expires_at = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second'
+    WHERE id = %s AND (lease_token IS NULL OR lease_expires_at < STATEMENT_TIMESTAMP())
+    RETURNING *
+"""
+
+
 def _try_take(lease: Lease) -> bool:
-    taken = Upload.objects.filter(lease_free(), pk=lease.upload_id).update(
-        lease_token=lease.token, lease_expires_at=lease.expiry()
-    )
+    params = [lease.token, lease.seconds, lease.upload_id]
+    taken = list(Upload.objects.raw(_TAKE_SQL, params))
     lease.renewed_at = time.monotonic()
+    lease.upload = taken[0] if taken else None
     return bool(taken)
 
 
 def _give_back(lease: Lease) -> None:
+    if lease.given_back:
+        return
     try:
         Upload.objects.filter(pk=lease.upload_id, lease_token=lease.token).update(
             lease_token=None, lease_expires_at=None
