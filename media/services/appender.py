@@ -32,7 +32,7 @@ from common.metrics import UPLOAD_BYTES
 from media import storage
 from media.exceptions import BodyInterrupted, Refusal, UploadError
 from media.models import Upload, UploadPart, UploadStatus
-from media.selectors import upload_for_writer, upload_gone
+from media.selectors import upload_gone
 from media.services.locks import Lease, lease_lost, upload_lock
 from media.services.uploads import FINISH_UPLOAD_TASK
 from media.storage import ObjectStore, object_store
@@ -69,9 +69,8 @@ def upload_append(
     """Store a PATCH body at ``offset`` (tus core + checksum). Without a checksum, every
     byte received is kept even if the client vanishes mid-body; with one, the body counts
     only as a whole, once its digest matched."""
-    upload_for_writer(user, upload_id)  # refused before it may take (and so hold) the lock
-    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS) as lease:
-        # Its writer was checked above and never changes; the rest is read with the lease.
+    # Only its writer takes the lease (and reads the row with it); anyone else is refused.
+    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS, writer=user) as lease:
         upload = lease.upload
         assert upload is not None
         gone = upload_gone(upload)

@@ -32,10 +32,12 @@ from django.db.models import Q
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Now
 
+from accounts.models import User
 from common.db import release_connection
 from common.logging import log_warning
 from media.exceptions import Refusal, UploadError
 from media.models import Upload
+from media.selectors import upload_for_writer
 
 # Polling for a lease another request holds: from this interval, doubling, up to the cap.
 _FIRST_POLL, _MAX_POLL = 0.02, 0.25
@@ -87,21 +89,29 @@ def lease_lost() -> UploadError:
 
 
 @contextmanager
-def upload_lock(upload_id: uuid.UUID, wait_seconds: float) -> Iterator[Lease]:
+def upload_lock(
+    upload_id: uuid.UUID, wait_seconds: float, writer: User | None = None
+) -> Iterator[Lease]:
     """Hold the upload's lease for the block. Waits up to ``wait_seconds`` for a holder that
-    is finishing (without a database connection), then answers 423."""
+    is finishing (without a database connection), then answers 423.
+
+    With ``writer``, only the upload's writer (the user who started it) takes it: in the
+    same statement, so a user who may not write never holds it, and anyone else is refused
+    (``upload_for_writer``) before any wait."""
     lease = Lease(upload_id, uuid.uuid4(), settings.UPLOADS_LOCK_LEASE_SECONDS)
-    _take(lease, wait_seconds)
+    _take(lease, wait_seconds, writer)
     try:
         yield lease
     finally:
         _give_back(lease)
 
 
-def _take(lease: Lease, wait_seconds: float) -> None:
+def _take(lease: Lease, wait_seconds: float, writer: User | None) -> None:
     deadline = time.monotonic() + wait_seconds
     pause = _FIRST_POLL
-    while not _try_take(lease):
+    while not _try_take(lease, writer):
+        if writer is not None and pause == _FIRST_POLL:
+            upload_for_writer(writer, lease.upload_id)  # not busy but not theirs: refused
         left = deadline - time.monotonic()
         if left <= 0:
             raise UploadError(
@@ -113,17 +123,27 @@ def _take(lease: Lease, wait_seconds: float) -> None:
 
 
 # lease_free() as SQL (Django's Now() is STATEMENT_TIMESTAMP() on Postgres), returning the
-# row so that the holder need not read it again.
+# row so that the holder need not read it again. With a writer: only if the upload is theirs
+# (``upload_for_writer``: the user who started it, in its organisation).
 _TAKE_SQL = """
     UPDATE media_upload
-    SET lease_token = %s, lease_expires_at = STATEMENT_TIMESTAMP() + %s * INTERVAL '1 second'
-    WHERE id = %s AND (lease_token IS NULL OR lease_expires_at < STATEMENT_TIMESTAMP())
+    SET lease_token = %(token)s,
+        lease_expires_at = STATEMENT_TIMESTAMP() + %(seconds)s * INTERVAL '1 second'
+    WHERE id = %(id)s AND (lease_token IS NULL OR lease_expires_at < STATEMENT_TIMESTAMP())
+      AND (%(writer)s::bigint IS NULL
+           OR (created_by_id = %(writer)s AND organization_id = %(organization)s))
     RETURNING *
 """
 
 
-def _try_take(lease: Lease) -> bool:
-    params = [lease.token, lease.seconds, lease.upload_id]
+def _try_take(lease: Lease, writer: User | None = None) -> bool:
+    params = {
+        "token": lease.token,
+        "seconds": lease.seconds,
+        "id": lease.upload_id,
+        "writer": writer.pk if writer else None,
+        "organization": writer.org_id if writer else None,
+    }
     taken = list(Upload.objects.raw(_TAKE_SQL, params))
     lease.renewed_at = time.monotonic()
     lease.upload = taken[0] if taken else None
