@@ -259,7 +259,8 @@ class Bench:
         parts = []
         with self.file.open("rb") as source:
             for number, data in enumerate(iter(lambda: source.read(PART), b""), 1):
-                parts.append((number, store.upload_part(key, multipart, number, data)))
+                stored = store.upload_part(key, multipart, number, data)
+                parts.append((number, stored.etag, stored.checksum))
         store.complete(key, multipart, parts)
         variant.seconds.append(time.perf_counter() - began)
         variant.add_cpu(meter.stop())

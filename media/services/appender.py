@@ -284,11 +284,21 @@ class _Appender:
         self._ensure_multipart()
         self.lease.renew_if_due()
         number = self.committed_parts + len(self.new_parts) + 1
-        etag = self.store.upload_part(
-            self.upload.object_key, self.upload.multipart_id, number, data
+        stored = self.store.upload_part(
+            self.upload.object_key,
+            self.upload.multipart_id,
+            number,
+            data,
+            checksummed=self.upload.part_checksums,
         )
         self.new_parts.append(
-            UploadPart(upload=self.upload, number=number, etag=etag, size=len(data))
+            UploadPart(
+                upload=self.upload,
+                number=number,
+                etag=stored.etag,
+                size=len(data),
+                checksum=stored.checksum,
+            )
         )
 
     def _ensure_multipart(self) -> None:
@@ -302,10 +312,10 @@ class _Appender:
         # later PATCH must add its parts to this multipart upload, not start another.
         recorded = Upload.objects.filter(
             pk=self.upload.pk, multipart_id="", lease_token=self.lease.token
-        ).update(multipart_id=multipart_id)
+        ).update(multipart_id=multipart_id, part_checksums=True)
         if not recorded:
             raise lease_lost()
-        self.upload.multipart_id = multipart_id
+        self.upload.multipart_id, self.upload.part_checksums = multipart_id, True
 
     def _store_last_bytes(self) -> None:
         data = self._assemble()
@@ -370,6 +380,7 @@ class _Appender:
                     "numbers": [part.number for part in self.new_parts],
                     "etags": [part.etag for part in self.new_parts],
                     "sizes": [part.size for part in self.new_parts],
+                    "checksums": [part.checksum for part in self.new_parts],
                 },
             )
             moved = cursor.fetchone() == (1,)
@@ -430,10 +441,11 @@ _COMMIT_SQL = """
           AND lease_token = %(token)s
         RETURNING id
     ), parts AS (
-        INSERT INTO media_uploadpart (upload_id, number, etag, size)
-        SELECT moved.id, part.number, part.etag, part.size
-        FROM moved, unnest(%(numbers)s::integer[], %(etags)s::text[], %(sizes)s::bigint[])
-            AS part (number, etag, size)
+        INSERT INTO media_uploadpart (upload_id, number, etag, size, checksum)
+        SELECT moved.id, part.number, part.etag, part.size, part.checksum
+        FROM moved, unnest(%(numbers)s::integer[], %(etags)s::text[], %(sizes)s::bigint[],
+                           %(checksums)s::text[])
+            AS part (number, etag, size, checksum)
     )
     SELECT count(*) FROM moved
 """
