@@ -53,3 +53,8 @@ def post_worker_init(worker: object) -> None:
     m_mmap_threshold, m_arena_max = -3, -8
     libc.mallopt(m_mmap_threshold, 128 * 1024)
     libc.mallopt(m_arena_max, 2)
+    # Building the object store's client (botocore loads the S3 model) takes a few hundred
+    # ms of CPU: done here, not in the first upload's PATCH this worker serves.
+    from media.storage import object_store
+
+    object_store()

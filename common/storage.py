@@ -25,15 +25,16 @@ def s3_client(
         aws_access_key_id=settings.AWS_ACCESS_KEY_ID,
         aws_secret_access_key=settings.AWS_SECRET_ACCESS_KEY,
         config=Config(
-            s3={"addressing_style": "path"},
+            # Unsigned: media.storage sends a CRC32 of each body instead (S3_SIGN_PAYLOAD).
+            s3={"addressing_style": "path", "payload_signing_enabled": settings.S3_SIGN_PAYLOAD},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             # Our calls are idempotent (a part or segment rewritten with the same bytes).
             retries={"max_attempts": attempts, "mode": "standard"},
             # One per request thread that may be talking to the store at once.
             max_pool_connections=pool,
-            # SigV4 already hashes each payload over plain http and uploads sha256 the whole
-            # file themselves; boto3's extra CRCs would only cost CPU.
+            # media.storage computes the checksums it sends itself (a header, never an
+            # aws-chunked trailer), and uploads sha256 the whole file themselves.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         ),

@@ -67,6 +67,9 @@ class Upload(models.Model):
     part_size = models.BigIntegerField()
     object_key = models.CharField(max_length=300)
     multipart_id = models.CharField(max_length=300, blank=True, default="")
+    # Its multipart upload was begun with CRC32 part checksums (media.storage); one begun
+    # before they were (False) takes its parts with a Content-MD5.
+    part_checksums = models.BooleanField(default=False)
     # [[start offset, size], ...] of the tail segment objects, in order.
     tail = models.JSONField(default=list, blank=True)
     # The sha256 the server computed from the stored object.
@@ -129,6 +132,9 @@ class UploadPart(models.Model):
     number = models.PositiveIntegerField()
     etag = models.CharField(max_length=200)
     size = models.BigIntegerField()
+    # The CRC32 the store verified (base64), listed again with the completion; "" for a part
+    # of a multipart upload begun without part checksums.
+    checksum = models.CharField(max_length=16, blank=True, default="")
 
     class Meta:
         constraints = [

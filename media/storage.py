@@ -10,11 +10,15 @@ Object names:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, cast
 from urllib.parse import quote
 
 from botocore.exceptions import ClientError
@@ -24,9 +28,14 @@ from common.storage import s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
 _DOWNLOAD_CHUNK = 1024 * 1024
+# Every body we send carries a checksum the store verifies before it answers (a mismatch is
+# a 400 BadDigest, so nothing damaged on the way is ever counted as stored). CRC32: cheaper
+# than the payload's sha256 a signature would carry (S3_SIGN_PAYLOAD), and SeaweedFS checks
+# it. A multipart upload is begun with it, so its parts' checksums go with the completion.
+_CHECKSUM_ALGORITHM: Literal["CRC32"] = "CRC32"
 
 
 def final_key(organization_id: int, upload_id: uuid.UUID) -> str:
@@ -45,13 +54,37 @@ def segment_key(upload_id: uuid.UUID, start: int, size: int) -> str:
     return f"{tail_prefix(upload_id)}{start:015d}-{size}"
 
 
+def crc32(data: bytes | bytearray) -> str:
+    """The ``x-amz-checksum-crc32`` of ``data``: big-endian, base64."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def content_md5(data: bytes | bytearray) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A part the store acknowledged: its ETag, and the CRC32 it verified ("" for a part
+    of a multipart upload begun without part checksums)."""
+
+    etag: str
+    checksum: str
+
+
 class ObjectStore:
     def __init__(self, client: S3Client, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
 
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumCRC32=crc32(data),
+        )
 
     def put_file(self, key: str, data: bytes, content_type: str, filename: str) -> None:
         self.client.put_object(
@@ -60,6 +93,7 @@ class ObjectStore:
             Body=data,
             ContentType=content_type,
             ContentDisposition=content_disposition(filename),
+            ChecksumCRC32=crc32(data),
         )
 
     def get(self, key: str) -> bytes:
@@ -97,28 +131,64 @@ class ObjectStore:
             self.delete_many([item["Key"] for item in page.get("Contents", [])])
 
     def create_multipart(self, key: str, content_type: str, filename: str) -> str:
+        """Begin a multipart upload whose parts carry CRC32 checksums."""
         return self.client.create_multipart_upload(
             Bucket=self.bucket,
             Key=key,
             ContentType=content_type,
             ContentDisposition=content_disposition(filename),
+            ChecksumAlgorithm=_CHECKSUM_ALGORITHM,
         )["UploadId"]
 
-    def upload_part(self, key: str, multipart_id: str, number: int, data: bytes | bytearray) -> str:
+    def upload_part(
+        self,
+        key: str,
+        multipart_id: str,
+        number: int,
+        data: bytes | bytearray,
+        checksummed: bool = True,
+    ) -> StoredPart:
+        """Store one part. ``checksummed``: the multipart upload was begun by
+        ``create_multipart`` (S3 refuses a part checksum a multipart upload begun without
+        one does not expect: those parts carry a Content-MD5 instead)."""
         # botocore takes a bytearray as it is (no copy); the stubs only list bytes.
         body = cast(bytes, data)
-        return self.client.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=multipart_id, PartNumber=number, Body=body
-        )["ETag"]
+        if checksummed:
+            checksum = crc32(data)
+            answer = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=multipart_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumCRC32=checksum,
+            )
+            return StoredPart(answer["ETag"], checksum)
+        answer = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=multipart_id,
+            PartNumber=number,
+            Body=body,
+            ContentMD5=content_md5(data),
+        )
+        return StoredPart(answer["ETag"], "")
 
-    def complete(self, key: str, multipart_id: str, parts: list[tuple[int, str]]) -> bool:
-        """Complete the multipart upload; False if it was already completed (or aborted)."""
+    def complete(self, key: str, multipart_id: str, parts: list[tuple[int, str, str]]) -> bool:
+        """Complete the multipart upload from its parts' (number, ETag, checksum); False if
+        it was already completed (or aborted)."""
+        listed: list[CompletedPartTypeDef] = []
+        for number, etag, checksum in parts:
+            part: CompletedPartTypeDef = {"PartNumber": number, "ETag": etag}
+            if checksum:
+                part["ChecksumCRC32"] = checksum
+            listed.append(part)
         try:
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=multipart_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in parts]},
+                MultipartUpload={"Parts": listed},
             )
         except ClientError as exc:
             if _code(exc) == "NoSuchUpload":

@@ -217,6 +217,10 @@ S3_BUCKET = env.str("S3_BUCKET", default="fieldsync")
 S3_REGION = env.str("S3_REGION", default="us-east-1")
 AWS_ACCESS_KEY_ID = env.str("AWS_ACCESS_KEY_ID", default="fieldsync")
 AWS_SECRET_ACCESS_KEY = env.str("AWS_SECRET_ACCESS_KEY", default="fieldsync-secret")
+# Whether requests to the object store carry a sha256 of their payload in their signature.
+# Off: a body we send carries a CRC32 the store checks instead (media.storage), a cheaper
+# sum, and one SeaweedFS verifies (it takes a signed payload's sha256 on trust).
+S3_SIGN_PAYLOAD = env.bool("S3_SIGN_PAYLOAD", default=False)
 
 # Where phones fetch attachments, when it differs from S3_ENDPOINT_URL (presigned download
 # URLs are signed for this host).

@@ -90,7 +90,8 @@ class RequestBody:
         """Read and drop what a refused request left, within the refusals' budget (past it
         gunicorn closes the connection)."""
         left = None if self.expected is None else self.expected - self.received
-        if self.broken or left is None or left > settings.REFUSED_BODY_DRAIN_BYTES:
+        # Nothing left (every accepted PATCH): no scratch buffer, no connection release.
+        if self.broken or left is None or not 0 < left <= settings.REFUSED_BODY_DRAIN_BYTES:
             return
         self.deadline = Deadline(settings.REFUSED_BODY_DRAIN_SECONDS, self.deadline.sock)
         release_connection()  # the refusal is decided: nothing here needs the database

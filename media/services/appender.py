@@ -11,6 +11,7 @@ chunk, and a restart of everything loses nothing that ``Upload-Offset`` counted.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.db import transaction
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
@@ -31,7 +32,7 @@ from common.metrics import UPLOAD_BYTES
 from media import storage
 from media.exceptions import BodyInterrupted, Refusal, UploadError
 from media.models import Upload, UploadPart, UploadStatus
-from media.selectors import upload_for_writer, upload_gone
+from media.selectors import upload_gone
 from media.services.locks import Lease, lease_lost, upload_lock
 from media.services.uploads import FINISH_UPLOAD_TASK
 from media.storage import ObjectStore, object_store
@@ -68,9 +69,10 @@ def upload_append(
     """Store a PATCH body at ``offset`` (tus core + checksum). Without a checksum, every
     byte received is kept even if the client vanishes mid-body; with one, the body counts
     only as a whole, once its digest matched."""
-    upload_for_writer(user, upload_id)  # refused before it may take (and so hold) the lock
-    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS) as lease:
-        upload = upload_for_writer(user, upload_id)
+    # Only its writer takes the lease (and reads the row with it); anyone else is refused.
+    with upload_lock(upload_id, settings.UPLOADS_LOCK_WAIT_SECONDS, writer=user) as lease:
+        upload = lease.upload
+        assert upload is not None
         gone = upload_gone(upload)
         if gone is not None:
             raise gone
@@ -91,14 +93,19 @@ def upload_append(
                 raise _too_long(upload)
             return upload
         with _buffers.borrow(upload.part_size) as buffer:
-            _append_body(upload, lease, body, checksum, buffer)
+            _append_body(upload, lease, body, content_length, checksum, buffer)
     return upload
 
 
 def _append_body(
-    upload: Upload, lease: Lease, body: BodySource, checksum: Checksum | None, buffer: bytearray
+    upload: Upload,
+    lease: Lease,
+    body: BodySource,
+    content_length: int | None,
+    checksum: Checksum | None,
+    buffer: bytearray,
 ) -> None:
-    appender = _Appender(upload, lease, object_store(), checksum, buffer)
+    appender = _Appender(upload, lease, object_store(), content_length, checksum, buffer)
     try:
         appender.pump(body)
     except BodyInterrupted as exc:
@@ -164,7 +171,8 @@ class _Appender:
 
     It holds the upload's lease (``lease``), never a database connection while it waits for
     the phone: it renews the lease before each wait and each write to the object store, and
-    every row it writes is fenced by the lease's token.
+    every row it writes is fenced by the lease's token. Its last commit (``finish``) gives
+    the lease back in the same statement.
     """
 
     def __init__(
@@ -172,12 +180,14 @@ class _Appender:
         upload: Upload,
         lease: Lease,
         store: ObjectStore,
+        content_length: int | None,
         checksum: Checksum | None,
         buffer: bytearray,
     ) -> None:
         self.upload = upload
         self.lease = lease
         self.store = store
+        self.content_length = content_length
         self.checksum = checksum
         self.hasher = hashlib.new(checksum.algorithm) if checksum else None
         self.buffer = buffer
@@ -204,12 +214,14 @@ class _Appender:
         return self.filled - self.reserved
 
     def pump(self, body: BodySource) -> None:
-        """Read the body to its end, uploading each part as it fills."""
+        """Read the body to its end, uploading each part as it fills (the body's last one is
+        left to ``finish``, whose commit ends the request)."""
         part_size = self.upload.part_size
         while True:
             if self.filled == part_size:
-                self._upload_part(self._assemble())
-                self.filled = 0
+                if self.received == self.content_length:
+                    return
+                self._upload_full_part()
                 self._commit_part()
             self.lease.renew_if_due()
             release_connection()  # the phone may take its time: the API may not wait for it
@@ -236,15 +248,18 @@ class _Appender:
 
     def finish(self) -> None:
         """Store what is left of the body and commit (the whole upload, if this was the
-        last byte)."""
+        last byte), giving the lease back in the same statement: nothing follows."""
         if self.stored_end + self.pending == self.upload.length:
             self._store_last_bytes()
-            self._commit(final=True)
+            self._commit(final=True, give_back=True)
+        elif self.filled == self.upload.part_size:
+            self._upload_full_part()
+            self._commit(give_back=True)
         elif self.pending:
             self._store_segment()
-            self._commit()
+            self._commit(give_back=True)
         elif self.new_parts:
-            self._commit()
+            self._commit(give_back=True)
 
     # --- storing ----------------------------------------------------------------------
     def _assemble(self) -> bytearray | bytes:
@@ -261,15 +276,29 @@ class _Appender:
         # A whole part goes as the buffer itself; anything shorter as a copy of its bytes.
         return self.buffer if self.filled == len(self.buffer) else bytes(self.view[: self.filled])
 
+    def _upload_full_part(self) -> None:
+        self._upload_part(self._assemble())
+        self.filled = 0
+
     def _upload_part(self, data: bytearray | bytes) -> None:
         self._ensure_multipart()
         self.lease.renew_if_due()
         number = self.committed_parts + len(self.new_parts) + 1
-        etag = self.store.upload_part(
-            self.upload.object_key, self.upload.multipart_id, number, data
+        stored = self.store.upload_part(
+            self.upload.object_key,
+            self.upload.multipart_id,
+            number,
+            data,
+            checksummed=self.upload.part_checksums,
         )
         self.new_parts.append(
-            UploadPart(upload=self.upload, number=number, etag=etag, size=len(data))
+            UploadPart(
+                upload=self.upload,
+                number=number,
+                etag=stored.etag,
+                size=len(data),
+                checksum=stored.checksum,
+            )
         )
 
     def _ensure_multipart(self) -> None:
@@ -283,10 +312,10 @@ class _Appender:
         # later PATCH must add its parts to this multipart upload, not start another.
         recorded = Upload.objects.filter(
             pk=self.upload.pk, multipart_id="", lease_token=self.lease.token
-        ).update(multipart_id=multipart_id)
+        ).update(multipart_id=multipart_id, part_checksums=True)
         if not recorded:
             raise lease_lost()
-        self.upload.multipart_id = multipart_id
+        self.upload.multipart_id, self.upload.part_checksums = multipart_id, True
 
     def _store_last_bytes(self) -> None:
         data = self._assemble()
@@ -324,39 +353,52 @@ class _Appender:
         if self.checksum is None and self.stored_end < self.upload.length:
             self._commit()
 
-    def _commit(self, final: bool = False) -> None:
+    def _commit(self, final: bool = False, give_back: bool = False) -> None:
+        """Record the new parts and move the offset in one statement fenced by the lease
+        (``_COMMIT_SQL``); it renews the lease too, or gives it back (``give_back``: this
+        request writes nothing more)."""
         upload = self.upload
         now = timezone.now()
         # The last part may be short, and a small file is one plain object: count by length.
         new_offset = upload.length if final else self.stored_end
-        changes: dict[str, object] = {
-            "offset": new_offset,
-            "tail": [list(segment) for segment in self.tail],
-            "last_activity_at": now,
-        }
+        tail = [list(segment) for segment in self.tail]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _COMMIT_SQL,
+                {
+                    "offset": new_offset,
+                    "tail": json.dumps(tail),
+                    "now": now,
+                    "final": final,
+                    "verifying": UploadStatus.VERIFYING.value,
+                    "give_back": give_back,
+                    "lease": self.lease.seconds,
+                    "id": upload.pk,
+                    "start": upload.offset,
+                    "uploading": UploadStatus.UPLOADING.value,
+                    "token": self.lease.token,
+                    "numbers": [part.number for part in self.new_parts],
+                    "etags": [part.etag for part in self.new_parts],
+                    "sizes": [part.size for part in self.new_parts],
+                    "checksums": [part.checksum for part in self.new_parts],
+                },
+            )
+            moved = cursor.fetchone() == (1,)
+        if not moved:
+            if not Upload.objects.filter(pk=upload.pk, lease_token=self.lease.token).exists():
+                raise lease_lost()
+            raise UploadError(
+                "offset_mismatch", "the upload moved under us; retry", Refusal.CONFLICT
+            )
+        if give_back:
+            self.lease.given_back = True
+        else:
+            self.lease.renewed()
         if final:
-            changes |= {"status": UploadStatus.VERIFYING, "status_changed_at": now}
-        with transaction.atomic():
-            UploadPart.objects.bulk_create(self.new_parts)
-            # Fenced by the lease (and, belt and braces, conditional on the offset we started
-            # from); it renews the lease too.
-            moved = Upload.objects.filter(
-                pk=upload.pk,
-                offset=upload.offset,
-                status=UploadStatus.UPLOADING,
-                lease_token=self.lease.token,
-            ).update(**changes, lease_expires_at=self.lease.expiry())
-            if moved != 1:
-                if not Upload.objects.filter(pk=upload.pk, lease_token=self.lease.token).exists():
-                    raise lease_lost()
-                raise UploadError(
-                    "offset_mismatch", "the upload moved under us; retry", Refusal.CONFLICT
-                )
-            if final:
-                ring_after_commit(FINISH_UPLOAD_TASK, str(upload.pk))
+            ring_after_commit(FINISH_UPLOAD_TASK, str(upload.pk))
+            upload.status, upload.status_changed_at = UploadStatus.VERIFYING, now
         UPLOAD_BYTES.inc(new_offset - upload.offset)
-        for name, value in changes.items():
-            setattr(upload, name, value)
+        upload.offset, upload.tail, upload.last_activity_at = new_offset, tail, now
         self.committed_parts += len(self.new_parts)
         self.new_parts = []
         self._delete_spent()
@@ -380,3 +422,30 @@ class _Appender:
             log_warning(
                 "upload.segment_delete_failed", upload_id=str(self.upload.id), error=repr(exc)
             )
+
+
+# The upload row moves only while the lease holds it and it is still at the offset the
+# request started from; the parts are inserted only if it moved. One statement: one round
+# trip, atomic without a transaction of its own. Django's Now() (``lease_free``,
+# ``Lease.expiry``) is STATEMENT_TIMESTAMP() on Postgres; so is the renewed expiry here.
+_COMMIT_SQL = """
+    WITH moved AS (
+        UPDATE media_upload
+        SET "offset" = %(offset)s, tail = %(tail)s::jsonb, last_activity_at = %(now)s,
+            status = CASE WHEN %(final)s THEN %(verifying)s ELSE status END,
+            status_changed_at = CASE WHEN %(final)s THEN %(now)s ELSE status_changed_at END,
+            lease_token = CASE WHEN %(give_back)s THEN NULL ELSE lease_token END,
+            lease_expires_at = CASE WHEN %(give_back)s THEN NULL
+                ELSE STATEMENT_TIMESTAMP() + %(lease)s * INTERVAL '1 second' END
+        WHERE id = %(id)s AND "offset" = %(start)s AND status = %(uploading)s
+          AND lease_token = %(token)s
+        RETURNING id
+    ), parts AS (
+        INSERT INTO media_uploadpart (upload_id, number, etag, size, checksum)
+        SELECT moved.id, part.number, part.etag, part.size, part.checksum
+        FROM moved, unnest(%(numbers)s::integer[], %(etags)s::text[], %(sizes)s::bigint[],
+                           %(checksums)s::text[])
+            AS part (number, etag, size, checksum)
+    )
+    SELECT count(*) FROM moved
+"""

@@ -6,7 +6,6 @@ import uuid
 from io import BytesIO
 
 from django.db.models import F
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.logging import log_warning
 from media import storage
@@ -57,6 +56,10 @@ def thumbnail_create(upload_id: uuid.UUID) -> str:
 def _thumbnail(original: bytes, image_format: str) -> bytes:
     """Decode as the declared format only, refuse more than MAX_PIXELS before decoding any
     pixel, and shrink before any full-size conversion."""
+    # Imported here, in the worker that makes thumbnails: the web processes, which import
+    # this module with the other services, never load Pillow (a few MiB each).
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with Image.open(BytesIO(original), formats=[image_format]) as image:
             width, height = image.size

@@ -204,7 +204,7 @@ def _verify_and_attach(upload: Upload) -> str:
         parts = list(
             UploadPart.objects.filter(upload_id=upload.pk)
             .order_by("number")
-            .values_list("number", "etag")
+            .values_list("number", "etag", "checksum")
         )
         # False means an earlier attempt completed it; the digest below checks the result.
         store.complete(upload.object_key, upload.multipart_id, parts)

@@ -12,13 +12,21 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from media.exceptions import BodyInterrupted, UploadError
 from media.models import Upload, UploadPart, UploadStatus
 from media.services import upload_append, upload_lock, uploads_sweep
 from tests.fixtures import Phone
-from tests.media.conftest import MiB, TusClient, attachment_id_of, path_of, payload
+from tests.media.conftest import (
+    TEST_PART_SIZE,
+    MiB,
+    TusClient,
+    attachment_id_of,
+    path_of,
+    payload,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("s3_server")]
 
@@ -126,6 +134,76 @@ def test_a_holder_whose_lease_was_taken_over_stores_nothing(
     assert not UploadPart.objects.filter(upload_id=upload_id).exists()
     # And it leaves the lease with the request that holds it now
     assert upload.lease_token == thief
+
+
+def test_a_holder_whose_lease_was_taken_over_commits_no_part_it_stored_since(
+    tus_for: Callable[[Phone], TusClient], tech: Phone, work_order: str
+) -> None:
+    # Given a PATCH of a whole 12 MiB file whose first part (5 MiB) is committed, and
+    # which stalls a MiB into its second part ...
+    size = 12 * MiB
+    upload_id = _created(tus_for, tech, work_order, size)
+    body = Body(payload(size), pause_after=TEST_PART_SIZE + MiB)
+    outcome: list[Any] = []
+
+    def first_request() -> None:
+        try:
+            outcome.append(upload_append(tech.user, uuid.UUID(upload_id), 0, body, size))
+        except UploadError as exc:
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first_request)
+    thread.start()
+    try:
+        assert body.paused.wait(30), "the first request never reached its second part"
+        # ... when another request took its lapsed lease over
+        thief = uuid.uuid4()
+        Upload.objects.filter(pk=upload_id).update(lease_token=thief)
+    finally:
+        # and the stalled phone sends the rest, a second part's worth and more
+        body.resume.set()
+        thread.join(60)
+
+    # Then the second part, stored in the object store meanwhile, is not committed: the
+    # upload stays at its first part, with the lease where the other request holds it
+    assert len(outcome) == 1 and isinstance(outcome[0], UploadError), outcome
+    assert outcome[0].code == "upload_locked"
+    upload = Upload.objects.get(pk=upload_id)
+    assert (upload.offset, upload.status, upload.lease_token) == (
+        TEST_PART_SIZE,
+        UploadStatus.UPLOADING,
+        thief,
+    )
+    assert list(UploadPart.objects.filter(upload_id=upload_id).values_list("number")) == [(1,)]
+
+
+def test_a_patch_takes_the_lease_and_gives_it_back_with_its_commit(
+    tus_for: Callable[[Phone], TusClient], tech: Phone, work_order: str
+) -> None:
+    # Given an upload of two parts
+    data = payload(2 * TEST_PART_SIZE)
+    upload_id = _created(tus_for, tech, work_order, len(data))
+
+    # When its first part arrives as one PATCH
+    with CaptureQueriesContext(connection) as queries:
+        upload = upload_append(
+            tech.user, uuid.UUID(upload_id), 0, Body(data[:TEST_PART_SIZE]), TEST_PART_SIZE
+        )
+
+    # Then the upload row is written twice: the lease taken (the row read with it), then the
+    # part and the offset committed with the lease given back, in one statement
+    writes = [q["sql"] for q in queries.captured_queries if "UPDATE media_upload" in q["sql"]]
+    assert len(writes) == 2, writes
+    assert upload.offset == TEST_PART_SIZE
+    stored = Upload.objects.get(pk=upload_id)
+    assert (stored.offset, stored.lease_token, stored.lease_expires_at) == (
+        TEST_PART_SIZE,
+        None,
+        None,
+    )
+    assert list(UploadPart.objects.filter(upload_id=upload_id).values_list("number")) == [(1,)]
 
 
 def test_a_request_that_dies_mid_body_leaves_nothing_locked(

@@ -3,9 +3,10 @@ may read its progress, never append to it, lock it or end it (a dispatcher may e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+from django.db import connection
 
 from devstack.ensure_bucket import S3Settings
 from tests.fixtures import Phone
@@ -40,6 +41,64 @@ def test_another_user_who_sees_the_work_order_cannot_append_or_terminate(
     stranger = tus_for(make_phone())
     assert stranger.patch(url, 0, payload(1000)).status_code == 404
     assert stranger.delete(url).status_code == 404
+
+
+@pytest.fixture
+def lease_holders() -> Iterator[Callable[[], list[str]]]:
+    """Every lease token an upload row is ever given, recorded by a trigger."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE TABLE test_lease_holders (id bigserial, token uuid);
+            CREATE FUNCTION test_record_lease_holder() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO test_lease_holders (token) VALUES (NEW.lease_token);
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_record_lease_holder AFTER UPDATE ON media_upload FOR EACH ROW
+                WHEN (NEW.lease_token IS NOT NULL) EXECUTE FUNCTION test_record_lease_holder();
+            """
+        )
+
+    def holders() -> list[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT token FROM test_lease_holders ORDER BY id")
+            return [str(token) for (token,) in cursor.fetchall()]
+
+    try:
+        yield holders
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER test_record_lease_holder ON media_upload;"
+                "DROP FUNCTION test_record_lease_holder();"
+                "DROP TABLE test_lease_holders;"
+            )
+
+
+@pytest.mark.usefixtures("s3_server")
+def test_a_user_who_may_not_write_never_holds_the_uploads_lease(
+    tech: Phone,
+    make_phone: Callable[..., Phone],
+    work_order: str,
+    tus_for: Callable[[Phone], TusClient],
+    lease_holders: Callable[[], list[str]],
+) -> None:
+    # Given an upload a technician started
+    url = _started_by(tech, work_order, tus_for)
+
+    # When a dispatcher and a stranger try to append to it
+    refused = [
+        tus_for(make_phone("dispatcher")).patch(url, 0, payload(1000)).status_code,
+        tus_for(make_phone()).patch(url, 0, payload(1000)).status_code,
+    ]
+
+    # Then both are refused without ever holding its lease (a writer is never kept waiting)
+    assert refused == [403, 404]
+    assert lease_holders() == []
+    # And its writer takes it at once
+    assert tus_for(tech).patch(url, 0, payload(1000)).status_code == 204
+    assert len(lease_holders()) == 1
 
 
 def test_only_the_creator_or_a_dispatcher_may_terminate(

@@ -5,6 +5,8 @@ without end (a decompression bomb that kills the worker is given up on after a f
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -74,3 +76,22 @@ def test_a_thumbnail_that_keeps_killing_its_worker_is_given_up(
     # When it is tried once more, then
     assert thumbnail_create(upload_id) == ""
     assert "tries" in Upload.objects.get(pk=upload_id).thumbnail_error
+
+
+def test_the_web_process_never_loads_pillow() -> None:
+    # Given a fresh process that loads what a web process serves uploads with
+    code = (
+        "import sys, django; django.setup()\n"
+        "from django.urls import get_resolver\n"
+        "get_resolver().url_patterns\n"
+        "import syncserver.wsgi, media.api.views, media.services\n"
+        "print('PIL' in sys.modules)"
+    )
+
+    # When it has imported the WSGI app, every URL and the media services
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+
+    # Then Pillow stays out of it: only the worker making a thumbnail imports it
+    assert loaded == "False"
