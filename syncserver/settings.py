@@ -297,7 +297,7 @@ SYNC_RETENTION_DAYS = env.int("SYNC_RETENTION_DAYS", default=90)
 # The event log is kept for ever unless this is set (the records are rebuilt from it).
 SYNC_EVENT_RETENTION_DAYS = env.int("SYNC_EVENT_RETENTION_DAYS", default=0)
 # Months of partitions made ahead of time (beat makes them with the retention, every 6 h).
-SYNC_PARTITIONS_AHEAD = env.int("SYNC_PARTITIONS_AHEAD", default=2)
+SYNC_PARTITIONS_AHEAD = env.int("SYNC_PARTITIONS_AHEAD", default=1)
 # Within this long of a month's edge, pushes of one device are serialised (a retry stamped
 # by another host's clock might land in the other month's partition): more than the clock
 # skew between hosts plus the longest a push can run.
