@@ -49,14 +49,6 @@ class Cursor:
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def cursor_encode(pos: int) -> str:
-    return Cursor(pos).encode()
-
-
-def cursor_decode(cursor: str | None) -> int:
-    return cursor_read(cursor).pos
-
-
 def cursor_read(cursor: str | None) -> Cursor:
     """A cursor this server issued (``fs1:<pos>``, or ``fs1:<pos>:<since, epoch seconds>``);
     no cursor is the start of the feed."""
