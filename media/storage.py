@@ -28,7 +28,11 @@ from common.storage import s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        ObjectIdentifierTypeDef,
+        PutObjectRequestTypeDef,
+    )
 
 _DOWNLOAD_CHUNK = 1024 * 1024
 # Every body we send carries a checksum the store verifies before it answers (a mismatch is
@@ -77,24 +81,24 @@ class ObjectStore:
         self.client = client
         self.bucket = bucket
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            ChecksumCRC32=crc32(data),
-        )
-
-    def put_file(self, key: str, data: bytes, content_type: str, filename: str) -> None:
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            ContentDisposition=content_disposition(filename),
-            ChecksumCRC32=crc32(data),
-        )
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        filename: str | None = None,
+    ) -> None:
+        """Store an object whole; with ``filename``, as a file downloads name it."""
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type,
+            "ChecksumCRC32": crc32(data),
+        }
+        if filename is not None:
+            request["ContentDisposition"] = content_disposition(filename)
+        self.client.put_object(**request)
 
     def get(self, key: str) -> bytes:
         return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()

@@ -326,7 +326,7 @@ class _Appender:
         else:
             # The whole file is smaller than a part: one plain object, no multipart.
             self.lease.renew_if_due()
-            self.store.put_file(
+            self.store.put(
                 self.upload.object_key, bytes(data), self.upload.content_type, self.upload.filename
             )
 
