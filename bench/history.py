@@ -135,7 +135,12 @@ def _empty_partitions(months: list[datetime], make: bool) -> None:
 def _seed(conninfo: str, events: int, months: list[datetime]) -> dict[str, int]:
     from accounts.models import Device
     from accounts.services import field_user_create
-    from operations.partitions import HISTORY, next_month, partition_name
+    from operations.partitions import (
+        HISTORY,
+        next_month,
+        partition_name,
+        partition_uniques_sql,
+    )
 
     org = f"history-{uuid.uuid4().hex[:8]}"
     user = field_user_create(org, "dispatcher", f"{org}-d", "pw-history-1")
@@ -175,10 +180,8 @@ def _seed(conninfo: str, events: int, months: list[datetime]) -> dict[str, int]:
                     " FOR VALUES FROM (%s) TO (%s)",
                     [month, next_month(month)],
                 )
-                for suffix, definition in history.uniques:
-                    conn.execute(
-                        f"CREATE UNIQUE INDEX {name}_{suffix}_uniq ON {name} {definition}".encode()
-                    )
+                for unique in partition_uniques_sql(history, name):
+                    conn.execute(unique.encode())
             say(f"seeded {month:%Y-%m}")
         conn.execute("SET session_replication_role = DEFAULT")
         # History months old are vacuumed and analysed long since: so are these before the

@@ -103,11 +103,15 @@ def create_partitioned_parts(history: History) -> None:
 
 def partition_uniques_make(cursor: CursorWrapper, history: History, partition: str) -> None:
     """The partition's unique indexes (a partitioned table cannot have them itself)."""
-    for suffix, definition in history.uniques:
-        cursor.execute(
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {partition}_{suffix}_uniq"
-            f" ON {partition} {definition}"
-        )
+    for statement in partition_uniques_sql(history, partition):
+        cursor.execute(statement)
+
+
+def partition_uniques_sql(history: History, partition: str) -> list[str]:
+    return [
+        f"CREATE UNIQUE INDEX IF NOT EXISTS {partition}_{suffix}_uniq ON {partition} {definition}"
+        for suffix, definition in history.uniques
+    ]
 
 
 def months_held(history: History) -> list[datetime]:
