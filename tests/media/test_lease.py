@@ -101,30 +101,12 @@ def test_a_holder_whose_lease_was_taken_over_stores_nothing(
     size: int,
     what_it_writes_first: str,
 ) -> None:
-    # Given a PATCH that stalls after its first MiB (its lease then lapses) ...
+    # Given a PATCH that stalls after its first MiB (its lease then lapses), and a later
+    # request (on another host, say) that took the lapsed lease over; when the stalled
+    # phone sends the rest of its body
     upload_id = _created(tus_for, tech, work_order, size)
     body = Body(payload(size), pause_after=MiB)
-    outcome: list[Any] = []
-
-    def first_request() -> None:
-        try:
-            outcome.append(upload_append(tech.user, uuid.UUID(upload_id), 0, body, size))
-        except UploadError as exc:
-            outcome.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=first_request)
-    thread.start()
-    try:
-        assert body.paused.wait(30), "the first request never started reading"
-        # ... and a later request (on another host, say) took the lapsed lease over
-        thief = uuid.uuid4()
-        Upload.objects.filter(pk=upload_id).update(lease_token=thief)
-    finally:
-        # When the stalled phone sends the rest of its body
-        body.resume.set()
-        thread.join(60)
+    outcome, thief = _taken_over_while_stalled(tech, upload_id, body, size)
 
     # Then the first request writes nothing of it and says the upload is busy
     assert len(outcome) == 1 and isinstance(outcome[0], UploadError), outcome
@@ -140,31 +122,12 @@ def test_a_holder_whose_lease_was_taken_over_commits_no_part_it_stored_since(
     tus_for: Callable[[Phone], TusClient], tech: Phone, work_order: str
 ) -> None:
     # Given a PATCH of a whole 12 MiB file whose first part (5 MiB) is committed, and
-    # which stalls a MiB into its second part ...
+    # which stalls a MiB into its second part, when another request took its lapsed lease
+    # over and the stalled phone sends the rest, a second part's worth and more
     size = 12 * MiB
     upload_id = _created(tus_for, tech, work_order, size)
     body = Body(payload(size), pause_after=TEST_PART_SIZE + MiB)
-    outcome: list[Any] = []
-
-    def first_request() -> None:
-        try:
-            outcome.append(upload_append(tech.user, uuid.UUID(upload_id), 0, body, size))
-        except UploadError as exc:
-            outcome.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=first_request)
-    thread.start()
-    try:
-        assert body.paused.wait(30), "the first request never reached its second part"
-        # ... when another request took its lapsed lease over
-        thief = uuid.uuid4()
-        Upload.objects.filter(pk=upload_id).update(lease_token=thief)
-    finally:
-        # and the stalled phone sends the rest, a second part's worth and more
-        body.resume.set()
-        thread.join(60)
+    outcome, thief = _taken_over_while_stalled(tech, upload_id, body, size)
 
     # Then the second part, stored in the object store meanwhile, is not committed: the
     # upload stays at its first part, with the lease where the other request holds it
@@ -247,3 +210,31 @@ def test_the_sweep_never_expires_an_upload_whose_lease_is_held(
     assert while_held == 0
     assert uploads_sweep(now=a_week_later).expired == 1
     assert Upload.objects.get(pk=upload_id).code == "expired"
+
+
+def _taken_over_while_stalled(
+    tech: Phone, upload_id: str, body: Body, size: int
+) -> tuple[list[Any], uuid.UUID]:
+    """A PATCH of the whole file in a thread of its own: while its body is paused, another
+    request's token takes the upload's lease; then the body resumes. What the PATCH ended
+    with (its result or its error), and the other request's token."""
+    outcome: list[Any] = []
+
+    def first_request() -> None:
+        try:
+            outcome.append(upload_append(tech.user, uuid.UUID(upload_id), 0, body, size))
+        except UploadError as exc:
+            outcome.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=first_request)
+    thread.start()
+    try:
+        assert body.paused.wait(30), "the first request never reached its pause"
+        thief = uuid.uuid4()
+        Upload.objects.filter(pk=upload_id).update(lease_token=thief)
+    finally:
+        body.resume.set()
+        thread.join(60)
+    return outcome, thief
