@@ -302,3 +302,42 @@ def tus_js() -> Iterator[Path]:
         yield workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def upload_row_updates(
+    columns: list[tuple[str, str]], when: str = "TRUE"
+) -> Iterator[Callable[[], list[tuple[Any, ...]]]]:
+    """Every update of an upload row (``when`` holds), as the new values of these columns
+    (name, SQL type), recorded by a trigger: a reader of them in the order made."""
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            CREATE TABLE test_upload_updates (id bigserial,
+                {", ".join(f'"{name}" {kind}' for name, kind in columns)});
+            CREATE FUNCTION test_record_upload_update() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO test_upload_updates ({names})
+                VALUES ({", ".join(f'NEW."{name}"' for name, _ in columns)});
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER test_record_upload_update AFTER UPDATE ON media_upload
+                FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION test_record_upload_update();
+            """
+        )
+
+    def updates() -> list[tuple[Any, ...]]:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {names} FROM test_upload_updates ORDER BY id")
+            return list(cursor.fetchall())
+
+    try:
+        yield updates
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "DROP TRIGGER test_record_upload_update ON media_upload;"
+                "DROP FUNCTION test_record_upload_update();"
+                "DROP TABLE test_upload_updates;"
+            )

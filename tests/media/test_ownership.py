@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from django.db import connection
 
 from devstack.ensure_bucket import S3Settings
 from tests.fixtures import Phone
-from tests.media.conftest import TusClient, path_of, payload
+from tests.media.conftest import TusClient, path_of, payload, upload_row_updates
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,34 +45,8 @@ def test_another_user_who_sees_the_work_order_cannot_append_or_terminate(
 @pytest.fixture
 def lease_holders() -> Iterator[Callable[[], list[str]]]:
     """Every lease token an upload row is ever given, recorded by a trigger."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            CREATE TABLE test_lease_holders (id bigserial, token uuid);
-            CREATE FUNCTION test_record_lease_holder() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                INSERT INTO test_lease_holders (token) VALUES (NEW.lease_token);
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_record_lease_holder AFTER UPDATE ON media_upload FOR EACH ROW
-                WHEN (NEW.lease_token IS NOT NULL) EXECUTE FUNCTION test_record_lease_holder();
-            """
-        )
-
-    def holders() -> list[str]:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT token FROM test_lease_holders ORDER BY id")
-            return [str(token) for (token,) in cursor.fetchall()]
-
-    try:
-        yield holders
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "DROP TRIGGER test_record_lease_holder ON media_upload;"
-                "DROP FUNCTION test_record_lease_holder();"
-                "DROP TABLE test_lease_holders;"
-            )
+    with upload_row_updates([("lease_token", "uuid")], "NEW.lease_token IS NOT NULL") as read:
+        yield lambda: [str(token) for (token,) in read()]
 
 
 @pytest.mark.usefixtures("s3_server")

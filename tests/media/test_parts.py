@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from media.models import Upload, UploadPart, UploadStatus
 from media.services import upload_finish
@@ -23,6 +22,7 @@ from tests.media.conftest import (
     attachment_id_of,
     path_of,
     payload,
+    upload_row_updates,
 )
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("s3_server")]
@@ -45,34 +45,8 @@ def _create(tus: TusClient, work_order: str, length: int) -> str:
 @pytest.fixture
 def upload_states() -> Iterator[Callable[[], list[tuple[int, str]]]]:
     """Every (offset, status) an upload row passes through, recorded by a trigger."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            CREATE TABLE test_upload_states (id bigserial, "offset" bigint, status text);
-            CREATE FUNCTION test_record_upload_state() RETURNS trigger LANGUAGE plpgsql AS $$
-            BEGIN
-                INSERT INTO test_upload_states ("offset", status) VALUES (NEW."offset", NEW.status);
-                RETURN NEW;
-            END $$;
-            CREATE TRIGGER test_record_upload_state AFTER UPDATE ON media_upload
-                FOR EACH ROW EXECUTE FUNCTION test_record_upload_state();
-            """
-        )
-
-    def states() -> list[tuple[int, str]]:
-        with connection.cursor() as cursor:
-            cursor.execute('SELECT "offset", status FROM test_upload_states ORDER BY id')
-            return [(int(offset), str(status)) for offset, status in cursor.fetchall()]
-
-    try:
-        yield states
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "DROP TRIGGER test_record_upload_state ON media_upload;"
-                "DROP FUNCTION test_record_upload_state();"
-                "DROP TABLE test_upload_states;"
-            )
+    with upload_row_updates([("offset", "bigint"), ("status", "text")]) as read:
+        yield lambda: [(int(offset), str(status)) for offset, status in read()]
 
 
 @pytest.mark.usefixtures("no_doorbell")
